@@ -1,0 +1,146 @@
+"""Config keys of glip_d2, added to a Detectron2 config by :func:`add_glip_config`.
+
+Defaults describe GLIP-T (C) (the official ``glip_Swin_T_O365_GoldG.yaml`` merged onto the
+official defaults); YAML files under ``configs/`` override what differs.
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_glip_config(cfg: CN) -> None:
+    """Add the GLIP keys to a Detectron2 config, in place.
+
+    Args:
+        cfg (CfgNode): a config from ``detectron2.config.get_cfg()``.
+    """
+    _C = cfg
+    _C.MODEL.META_ARCHITECTURE = "GLIP"
+    # Detectron-v1 BGR x 255 inputs with the official mean/std (reference §11).
+    _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
+    _C.MODEL.PIXEL_STD = [57.375, 57.120, 58.395]
+    _C.MODEL.BACKBONE.NAME = "build_glip_swin_fpn_backbone"
+    # GLIP's FREEZE_CONV_BODY_AT: -1 none; 0 or 1 patch embedding; k >= 2 also stages 1..k-1.
+    _C.MODEL.BACKBONE.FREEZE_AT = -1
+
+    # ---------------------------------------------------------------- Swin (reference §2)
+    _C.MODEL.SWIN = CN()
+    _C.MODEL.SWIN.EMBED_DIM = 96  # channels of stage 1; stage i has EMBED_DIM * 2**(i-1)
+    _C.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # blocks per stage
+    _C.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage
+    _C.MODEL.SWIN.WINDOW_SIZE = 7
+    _C.MODEL.SWIN.MLP_RATIO = 4.0
+    _C.MODEL.SWIN.DROP_PATH_RATE = 0.2  # stochastic depth, linear from 0 over all blocks
+    # Stage outputs; the FPN reads the last three (strides 8, 16, 32).
+    _C.MODEL.SWIN.OUT_FEATURES = ["stage3", "stage4", "stage5"]
+    # Activation checkpointing in the Swin blocks (saves memory when training, same values).
+    _C.MODEL.SWIN.USE_CHECKPOINT = False
+
+    # ---------------------------------------------------------------- FPN (reference §3)
+    _C.MODEL.GLIP_FPN = CN()
+    _C.MODEL.GLIP_FPN.IN_FEATURES = ["stage3", "stage4", "stage5"]
+    _C.MODEL.GLIP_FPN.OUT_CHANNELS = 256
+    # DropBlock on the merged P4/P3 maps before their output conv, in training only.
+    _C.MODEL.GLIP_FPN.DROP_BLOCK = True
+    _C.MODEL.GLIP_FPN.DROP_PROB = 0.3
+    _C.MODEL.GLIP_FPN.DROP_SIZE = 3
+
+    # ---------------------------------------------------------------- language (reference §4)
+    _C.MODEL.LANGUAGE_BACKBONE = CN()
+    # Registered name in LANGUAGE_BACKBONE_REGISTRY.
+    _C.MODEL.LANGUAGE_BACKBONE.NAME = "BertLanguageBackbone"
+    # Hugging Face model name or local folder (config.json, and weights if LOAD_PRETRAINED).
+    _C.MODEL.LANGUAGE_BACKBONE.MODEL_NAME = "bert-base-uncased"
+    # Optional BERT config json that replaces MODEL_NAME's architecture (e.g. a reduced model).
+    _C.MODEL.LANGUAGE_BACKBONE.CONFIG_FILE = ""
+    # Load MODEL_NAME's pretrained weights; False builds the architecture only (weights then come
+    # from MODEL.WEIGHTS, e.g. an official GLIP checkpoint, or stay random).
+    _C.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED = False
+    # Every query is padded to this many tokens (the official 256).
+    _C.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN = 256
+    # Freeze the language backbone's parameters.
+    _C.MODEL.LANGUAGE_BACKBONE.FREEZE = False
+
+    # ---------------------------------------------------------------- fusion (reference §5.1)
+    _C.MODEL.FUSION = CN()
+    # "MHA-B" (bidirectional image-text attention before every DyHead block) or "none".
+    _C.MODEL.FUSION.TYPE = "MHA-B"
+    _C.MODEL.FUSION.EMBED_DIM = 2048  # hard-coded in the official code
+    _C.MODEL.FUSION.NUM_HEADS = 8
+    _C.MODEL.FUSION.DROPOUT = 0.1  # attention-probability dropout (training only)
+    # Token features for the dot product: the tower's fused features ("fused", T (C), L) or the
+    # masked language-backbone output ("backbone", T (A)).
+    _C.MODEL.FUSION.DOT_PRODUCT_FEATURES = "fused"
+    # Run the fusion blocks under torch.utils.checkpoint in training (memory only).
+    _C.MODEL.FUSION.USE_CHECKPOINT = False
+
+    # ---------------------------------------------------------------- head (reference §5.2-§8)
+    _C.MODEL.GLIP_HEAD = CN()
+    _C.MODEL.GLIP_HEAD.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    _C.MODEL.GLIP_HEAD.NUM_CONVS = 6  # DyHead blocks
+    _C.MODEL.GLIP_HEAD.NUM_GROUPS = 16  # GroupNorm groups in DyHead
+    _C.MODEL.GLIP_HEAD.USE_DYRELU = True
+    _C.MODEL.GLIP_HEAD.USE_DYFUSE = True  # scale-aware attention
+    _C.MODEL.GLIP_HEAD.USE_DFCONV = True  # modulated deformable 3x3 convs
+    # Width of the unused ``cls_logits`` conv (official DYHEAD.NUM_CLASSES - 1); kept so that
+    # official checkpoints load, it takes no part in scores or losses.
+    _C.MODEL.GLIP_HEAD.NUM_CLASSES = 80
+    _C.MODEL.GLIP_HEAD.PRIOR_PROB = 0.01
+    _C.MODEL.GLIP_HEAD.LOG_SCALE = 0.0  # initial value of the learnable dot-product log scale
+    # Focal loss on (anchor, token) pairs.
+    _C.MODEL.GLIP_HEAD.FOCAL_ALPHA = 0.25
+    _C.MODEL.GLIP_HEAD.FOCAL_GAMMA = 2.0
+    _C.MODEL.GLIP_HEAD.TOKEN_LOSS_WEIGHT = 1.0
+    _C.MODEL.GLIP_HEAD.REG_LOSS_WEIGHT = 2.0  # GIoU weight (ATSS.REG_LOSS_WEIGHT)
+    # How token scores become a category score: "MEAN" (official) or "MAX".
+    _C.MODEL.GLIP_HEAD.SCORE_AGG = "MEAN"
+
+    _C.MODEL.ATSS = CN()
+    _C.MODEL.ATSS.ANCHOR_SIZES = [64, 128, 256, 512, 1024]  # one square anchor per location
+    _C.MODEL.ATSS.ANCHOR_STRIDES = [8, 16, 32, 64, 128]
+    _C.MODEL.ATSS.TOPK = 9  # candidates per level per box
+    _C.MODEL.ATSS.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
+    _C.MODEL.ATSS.INFERENCE_TH = 0.05  # on the token score, before centerness
+    _C.MODEL.ATSS.PRE_NMS_TOP_N = 1000  # per level
+    _C.MODEL.ATSS.NMS_TH = 0.6
+    _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
+
+    # ---------------------------------------------------------------- prompts (reference §9-§10)
+    _C.INPUT.PROMPT = CN()
+    # Tokenizer: Hugging Face name or local folder with vocab.txt (bert-base-uncased's vocab).
+    _C.INPUT.PROMPT.TOKENIZER = "bert-base-uncased"
+    _C.INPUT.PROMPT.SEPARATOR = ". "  # joins category names; no trailing separator
+    # Training prompts for detection data: negatives sampled per image.
+    _C.INPUT.PROMPT.RANDOM_SAMPLE_NEG = 85
+    # Probability of the "full" setting (RANDOM_SAMPLE_NEG negatives); otherwise the number of
+    # negatives is drawn uniformly from 1..RANDOM_SAMPLE_NEG (official CONTROL_PROB[2]).
+    _C.INPUT.PROMPT.FULL_NEG_PROB = 0.5
+    _C.INPUT.PROMPT.TOKEN_BUDGET = 254  # wordpieces available to a training prompt
+    _C.INPUT.PROMPT.SHUFFLE = True  # shuffle category order in training prompts
+    # Categories per prompt at evaluation (large vocabularies are chunked); 0 = one prompt.
+    _C.INPUT.PROMPT.CHUNK_SIZE = 0
+
+    _C.INPUT.MIN_SIZE_TRAIN = (480, 560, 640, 720, 800)
+    _C.INPUT.MAX_SIZE_TRAIN = 1333
+    _C.INPUT.MIN_SIZE_TEST = 800
+    _C.INPUT.MAX_SIZE_TEST = 1333
+    _C.INPUT.FORMAT = "BGR"
+    _C.DATALOADER.SIZE_DIVISIBILITY = 32
+
+    # ---------------------------------------------------------------- solver (reference §14)
+    _C.SOLVER.OPTIMIZER = "ADAMW"
+    _C.SOLVER.BASE_LR = 1e-4
+    _C.SOLVER.LANG_LR_FACTOR = 0.1  # language-backbone LR = BASE_LR x this (1e-5 officially)
+    _C.SOLVER.WEIGHT_DECAY = 1e-4
+    _C.SOLVER.BIAS_LR_FACTOR = 2.0
+    _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+    _C.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+    _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+    _C.SOLVER.WARMUP_FACTOR = 0.001
+    _C.SOLVER.WARMUP_ITERS = 2000
+    # Transfer mode: "full", "prompt_tuning" (language_prompt_v2), "linear_probe".
+    _C.SOLVER.TUNING_MODE = "full"
+    _C.SOLVER.MODEL_EMA = 0.0  # EMA decay; 0 disables
+
+    _C.TEST.EVAL_PERIOD = 0

@@ -1,0 +1,259 @@
+"""Bidirectional image-text cross-attention: GLIP's early fusion of type ``MHA-B``.
+
+Re-implemented from the description of ``BiMultiHeadAttention`` and
+``BiAttentionBlockForCheckpoint`` (``maskrcnn_benchmark/utils/fuse_helper.py``) and ``VLFuse``
+(``maskrcnn_benchmark/modeling/rpn/vldyhead.py``) in microsoft/GLIP (MIT licence); see
+reference §5.1. Parameter names follow the official state dict.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+__all__ = ["BiMultiHeadAttention", "BiAttentionBlock", "VLFuse"]
+
+# GLIP clamps attention logits to this range (the CLAMP_*_FOR_UNDERFLOW/OVERFLOW flags, on in
+# every released config) so that they stay finite in fp16.
+_CLAMP = 50000.0
+# Additive bias for padded tokens in the image->text softmax (the official value; it overflows
+# to -inf in fp16, as in the official code).
+_MASK_NEG = -9e15
+
+
+class BiMultiHeadAttention(nn.Module):
+    """Multi-head attention in both directions between image positions and text tokens.
+
+    The image queries double as the keys of the text branch, so one logit matrix serves both
+    softmaxes: over tokens for each image position and over image positions for each token.
+    """
+
+    def __init__(
+        self,
+        v_dim: int,
+        l_dim: int,
+        embed_dim: int = 2048,
+        num_heads: int = 8,
+        dropout: float = 0.1,
+    ):
+        """
+        Args:
+            v_dim (int): visual feature width C.
+            l_dim (int): language feature width D.
+            embed_dim (int): joint attention width (split over the heads).
+            num_heads (int): number of heads.
+            dropout (float): dropout on both attention probability maps (training only).
+        """
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.dropout = dropout
+
+        self.v_proj = nn.Linear(v_dim, embed_dim)
+        self.l_proj = nn.Linear(l_dim, embed_dim)
+        self.values_v_proj = nn.Linear(v_dim, embed_dim)
+        self.values_l_proj = nn.Linear(l_dim, embed_dim)
+        self.out_v_proj = nn.Linear(embed_dim, v_dim)
+        self.out_l_proj = nn.Linear(embed_dim, l_dim)
+        for layer in (
+            self.v_proj,
+            self.l_proj,
+            self.values_v_proj,
+            self.values_l_proj,
+            self.out_v_proj,
+            self.out_l_proj,
+        ):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, N, E) -> (B * heads, N, head_dim)
+        bsz, n, _ = x.shape
+        x = x.view(bsz, n, self.num_heads, self.head_dim).transpose(1, 2)
+        return x.reshape(bsz * self.num_heads, n, self.head_dim)
+
+    def _merge_heads(self, x: torch.Tensor, bsz: int) -> torch.Tensor:
+        # (B * heads, N, head_dim) -> (B, N, E)
+        n = x.shape[1]
+        x = x.view(bsz, self.num_heads, n, self.head_dim).transpose(1, 2)
+        return x.reshape(bsz, n, self.embed_dim)
+
+    def forward(
+        self,
+        visual: torch.Tensor,
+        lang: torch.Tensor,
+        attention_mask_l: torch.Tensor | None = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            visual: (B, N, C) visual sequence (all levels concatenated).
+            lang: (B, L, D) token features.
+            attention_mask_l: (B, L) text attention mask (1 valid, 0 padding) or None.
+
+        Returns:
+            (delta_v, delta_l): (B, N, C) and (B, L, D) attention outputs (before layer scale).
+        """
+        bsz = visual.shape[0]
+        query = self._split_heads(self.v_proj(visual) * self.scale)
+        key = self._split_heads(self.l_proj(lang))
+        value_v = self._split_heads(self.values_v_proj(visual))
+        value_l = self._split_heads(self.values_l_proj(lang))
+
+        attn = torch.bmm(query, key.transpose(1, 2))  # (B * heads, N, L)
+        attn = attn.clamp(min=-_CLAMP, max=_CLAMP)
+
+        # Text branch: each token attends over every image position of every level. The per-row
+        # max subtraction is the official stabiliser; no image mask, pad tokens included.
+        attn_l = attn.transpose(1, 2)
+        attn_l = attn_l - attn_l.max(dim=-1, keepdim=True)[0]
+        attn_l = attn_l.clamp(min=-_CLAMP, max=_CLAMP).softmax(dim=-1)
+
+        # Image branch: valid tokens get +1 (the official code adds the raw 0/1 mask after
+        # replacing 0 by -9e15; the +1 cancels in the softmax).
+        if attention_mask_l is not None:
+            if attention_mask_l.dim() != 2:
+                raise ValueError("attention_mask_l must be (B, L)")
+            mask_bias = attention_mask_l.to(torch.float32)
+            mask_bias = mask_bias.masked_fill(attention_mask_l == 0, _MASK_NEG).to(attn.dtype)
+            n_img, n_tok = attn.shape[1], attn.shape[2]
+            attn = attn.view(bsz, self.num_heads, n_img, n_tok) + mask_bias[:, None, None, :]
+            attn = attn.view(bsz * self.num_heads, n_img, n_tok)
+        attn_v = attn.softmax(dim=-1)
+
+        attn_v = F.dropout(attn_v, p=self.dropout, training=self.training)
+        attn_l = F.dropout(attn_l, p=self.dropout, training=self.training)
+
+        out_v = self._merge_heads(torch.bmm(attn_v, value_l), bsz)
+        out_l = self._merge_heads(torch.bmm(attn_l, value_v), bsz)
+        return self.out_v_proj(out_v), self.out_l_proj(out_l)
+
+
+class BiAttentionBlock(nn.Module):
+    """Pre-norm bidirectional attention with layer scale (``BiAttentionBlockForCheckpoint``).
+
+    The residual base is the layer-normed input: ``v_new = LN_v(v) + gamma_v * delta_v``. The
+    official block replaces each stream by its normalised version, and released checkpoints
+    depend on it (reference §5.1, §16.3).
+    """
+
+    def __init__(
+        self,
+        v_dim: int,
+        l_dim: int,
+        embed_dim: int = 2048,
+        num_heads: int = 8,
+        dropout: float = 0.1,
+        init_values: float = 1e-4,
+    ):
+        """
+        Args:
+            v_dim (int): visual feature width C.
+            l_dim (int): language feature width D.
+            embed_dim (int): joint attention width.
+            num_heads (int): number of heads.
+            dropout (float): attention-probability dropout.
+            init_values (float): initial value of the layer-scale vectors (GLIP: 1/NUM_CONVS).
+        """
+        super().__init__()
+        self.layer_norm_v = nn.LayerNorm(v_dim)
+        self.layer_norm_l = nn.LayerNorm(l_dim)
+        self.attn = BiMultiHeadAttention(
+            v_dim=v_dim, l_dim=l_dim, embed_dim=embed_dim, num_heads=num_heads, dropout=dropout
+        )
+        self.gamma_v = nn.Parameter(init_values * torch.ones(v_dim))
+        self.gamma_l = nn.Parameter(init_values * torch.ones(l_dim))
+
+    def forward(
+        self,
+        visual: torch.Tensor,
+        lang: torch.Tensor,
+        attention_mask_l: torch.Tensor | None = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            visual: (B, N, C) visual sequence.
+            lang: (B, L, D) token features.
+            attention_mask_l: (B, L) text attention mask or None.
+
+        Returns:
+            (visual, lang): updated (B, N, C) and (B, L, D).
+        """
+        visual = self.layer_norm_v(visual)
+        lang = self.layer_norm_l(lang)
+        delta_v, delta_l = self.attn(visual, lang, attention_mask_l=attention_mask_l)
+        return visual + self.gamma_v * delta_v, lang + self.gamma_l * delta_l
+
+
+class VLFuse(nn.Module):
+    """One early-fusion step of the head tower (``dyhead_tower.3i``).
+
+    All feature levels are flattened row-major and concatenated (P3 first) into one visual
+    sequence, fused with the tokens by :class:`BiAttentionBlock`, and split back per level.
+    Image padding is not masked.
+    """
+
+    def __init__(
+        self,
+        v_dim: int,
+        l_dim: int,
+        embed_dim: int = 2048,
+        num_heads: int = 8,
+        dropout: float = 0.1,
+        init_values: float = 1e-4,
+        use_checkpoint: bool = False,
+    ):
+        """
+        Args:
+            v_dim, l_dim, embed_dim, num_heads, dropout, init_values: see
+                :class:`BiAttentionBlock`.
+            use_checkpoint (bool): recompute the fusion in the backward pass during training
+                (activation checkpointing; saves memory, numerically neutral).
+        """
+        super().__init__()
+        self.b_attn = BiAttentionBlock(
+            v_dim=v_dim,
+            l_dim=l_dim,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            dropout=dropout,
+            init_values=init_values,
+        )
+        self.use_checkpoint = use_checkpoint
+
+    def _fuse(self, masks: torch.Tensor, hidden: torch.Tensor, *visual: torch.Tensor):
+        sizes = [feat.shape[-2:] for feat in visual]
+        flat = torch.cat([feat.flatten(2).transpose(1, 2) for feat in visual], dim=1)
+        new_v, new_l = self.b_attn(flat, hidden, attention_mask_l=masks)
+        new_v = new_v.transpose(1, 2)  # (B, C, N)
+        out, start = [], 0
+        for h, w in sizes:
+            out.append(new_v[:, :, start : start + h * w].reshape(new_v.shape[0], -1, h, w))
+            start += h * w
+        return (new_l, *out)
+
+    def forward(self, state: Dict) -> Dict:
+        """
+        Args:
+            state (dict): ``visual``: list of (B, C, H_l, W_l); ``lang``: dict with ``hidden``
+                (B, L, D) and ``masks`` (B, L).
+
+        Returns:
+            dict: a new state with fused ``visual`` maps and ``lang["hidden"]``; other language
+            entries are passed through.
+        """
+        visual: List[torch.Tensor] = list(state["visual"])
+        lang = state["lang"]
+        args = (lang["masks"], lang["hidden"], *visual)
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            outs = torch.utils.checkpoint.checkpoint(self._fuse, *args, use_reentrant=False)
+        else:
+            outs = self._fuse(*args)
+        return {"visual": list(outs[1:]), "lang": {**lang, "hidden": outs[0]}}

@@ -1,0 +1,3 @@
+from .glip import GLIP
+
+__all__ = ["GLIP"]

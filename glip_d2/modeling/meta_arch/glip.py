@@ -1,0 +1,346 @@
+"""The GLIP meta-architecture: detection as phrase grounding (GLIP, CVPR 2022)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
+
+from ...utils.checkpoint import convert_official_state_dict, is_official_glip_state_dict
+from ..head.atss import GLIPBoxCoder, cell_anchor, grid_anchors
+from ..head.glip_head import GLIPHead
+from ..head.inference import postprocess_image
+from ..head.loss import glip_losses
+from ..language import build_language_backbone
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class GLIP(nn.Module):
+    """GLIP: Swin/FPN + BERT, deep image-text fusion in a VL-DyHead, token-level ATSS head.
+
+    Input: a list of Detectron2 dicts, one per image, as ``glip_d2.data`` mappers make them:
+
+    * ``image``: (3, H, W) uint8/float tensor in ``INPUT.FORMAT`` channel order, resized;
+    * ``height``, ``width``: the original image size, for the output boxes;
+    * ``input_ids``, ``attention_mask``: (L,) int64, the prompt padded to L (256) tokens;
+    * ``positive_map``: (K, L) bool, the tokens of each prompt entry (category or phrase);
+    * ``prompt_class_ids``: (K,) int64, the 0-based class of each entry (``pred_classes``);
+    * ``phrases`` (optional): K strings, the text of each entry;
+    * training only, ``instances`` with ``gt_boxes`` (XYXY_ABS, Detectron2's continuous
+      convention, in resized-image pixels) and ``gt_positive_map`` (G, L) bool.
+
+    Output (inference): ``[{"instances": Instances}]`` in original-image pixels with
+    ``pred_boxes`` (continuous XYXY), ``scores``, ``pred_classes`` and ``pred_phrases`` (a numpy
+    array of str). Training returns ``loss_token``, ``loss_giou`` and ``loss_centerness``.
+
+    Boxes are handled in the official inclusive convention inside (``x2 = x + w - 1``); the
+    conversion happens once on the way in (``x2 - 1``) and once on the way out (``+ 1`` after
+    rescaling), so Detectron2's evaluators give the official evaluation's numbers.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        language_backbone: nn.Module,
+        head: GLIPHead,
+        in_features: Sequence[str],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        input_format: str = "BGR",
+        size_divisibility: int = 32,
+        anchor_sizes: Sequence[float],
+        anchor_strides: Sequence[int],
+        box_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        atss_topk: int = 9,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        token_loss_weight: float = 1.0,
+        reg_loss_weight: float = 2.0,
+        score_thresh: float = 0.05,
+        pre_nms_top_n: int = 1000,
+        nms_thresh: float = 0.6,
+        detections_per_img: int = 100,
+        score_agg: str = "MEAN",
+        max_query_len: int = 256,
+        prompt_tuning: bool = False,
+    ):
+        """
+        Args:
+            backbone: Swin/ResNet + FPN giving ``in_features`` (P3-P7).
+            language_backbone: text encoder (see ``LANGUAGE_BACKBONE_REGISTRY``).
+            head (GLIPHead): fusion tower and predictions.
+            anchor_sizes, anchor_strides: one square anchor per location and level.
+            prompt_tuning (bool): add the official ``tunable_linear`` (one learned additive
+                vector per token position, ``language_prompt_v2``).
+            Other arguments: the ATSS loss and post-processing settings (reference §7-§8).
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.language_backbone = language_backbone
+        self.head = head
+        self.in_features = list(in_features)
+        self.input_format = input_format
+        self.size_divisibility = size_divisibility
+        self.anchor_sizes = list(anchor_sizes)
+        self.anchor_strides = list(anchor_strides)
+        self.box_coder = GLIPBoxCoder(box_reg_weights)
+        self.atss_topk = atss_topk
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.token_loss_weight = token_loss_weight
+        self.reg_loss_weight = reg_loss_weight
+        self.score_thresh = score_thresh
+        self.pre_nms_top_n = pre_nms_top_n
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.score_agg = score_agg
+        self.max_query_len = max_query_len
+        if prompt_tuning:
+            lang_dim = language_backbone.out_dim
+            # Official shape (1000, D); only the first L rows are used. Zero init (reference §12).
+            self.tunable_linear = nn.Linear(lang_dim, 1000, bias=False)
+            nn.init.zeros_(self.tunable_linear.weight)
+        else:
+            self.tunable_linear = None
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self._register_load_state_dict_pre_hook(self._convert_official_keys)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        language_backbone = build_language_backbone(cfg)
+        in_features = cfg.MODEL.GLIP_HEAD.IN_FEATURES
+        shapes = backbone.output_shape()
+        channels = {shapes[f].channels for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(f"GLIP head needs equal channels on {in_features}, got {channels}")
+        head = GLIPHead(
+            cfg,
+            in_channels=channels.pop(),
+            lang_dim=language_backbone.out_dim,
+            bert_config=language_backbone.bert_config,
+        )
+        strides = [shapes[f].stride for f in in_features]
+        if list(strides) != list(cfg.MODEL.ATSS.ANCHOR_STRIDES):
+            raise ValueError(
+                f"MODEL.ATSS.ANCHOR_STRIDES {list(cfg.MODEL.ATSS.ANCHOR_STRIDES)} differ from the "
+                f"backbone strides {strides} of {in_features}"
+            )
+        atss, gh = cfg.MODEL.ATSS, cfg.MODEL.GLIP_HEAD
+        return {
+            "backbone": backbone,
+            "language_backbone": language_backbone,
+            "head": head,
+            "in_features": in_features,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+            "size_divisibility": cfg.DATALOADER.SIZE_DIVISIBILITY,
+            "anchor_sizes": atss.ANCHOR_SIZES,
+            "anchor_strides": atss.ANCHOR_STRIDES,
+            "box_reg_weights": atss.BBOX_REG_WEIGHTS,
+            "atss_topk": atss.TOPK,
+            "focal_alpha": gh.FOCAL_ALPHA,
+            "focal_gamma": gh.FOCAL_GAMMA,
+            "token_loss_weight": gh.TOKEN_LOSS_WEIGHT,
+            "reg_loss_weight": gh.REG_LOSS_WEIGHT,
+            "score_thresh": atss.INFERENCE_TH,
+            "pre_nms_top_n": atss.PRE_NMS_TOP_N,
+            "nms_thresh": atss.NMS_TH,
+            "detections_per_img": atss.DETECTIONS_PER_IMG,
+            "score_agg": gh.SCORE_AGG,
+            "max_query_len": cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN,
+            "prompt_tuning": cfg.SOLVER.TUNING_MODE == "prompt_tuning",
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ checkpoints
+    def _convert_official_keys(self, state_dict, prefix, *args, **kwargs):
+        """Accept official GLIP state dicts in ``load_state_dict`` (so ``DetectionCheckpointer``
+        loads an official ``.pth`` directly): rename keys, check and drop the anchor buffers."""
+        own = {k[len(prefix) :]: k for k in state_dict if k.startswith(prefix)}
+        if not is_official_glip_state_dict(own):
+            return
+        sub = {k: state_dict.pop(full) for k, full in own.items()}
+        converted, regenerated, dropped = convert_official_state_dict(sub)
+        for key, value in regenerated.items():
+            level = int(key.rsplit(".", 1)[1])
+            ours = cell_anchor(self.anchor_strides[level], self.anchor_sizes[level])
+            if value.shape != ours.shape or not torch.allclose(value.float(), ours):
+                raise ValueError(
+                    f"Checkpoint anchor buffer '{key}' is {value.tolist()}, but this config "
+                    f"generates {ours.tolist()} (MODEL.ATSS.ANCHOR_SIZES/ANCHOR_STRIDES)"
+                )
+        if dropped:
+            logger.info("Dropped checkpoint entries the model does not have: %s", dropped)
+        for key, value in converted.items():
+            state_dict[prefix + key] = value
+
+    # ------------------------------------------------------------------ forward
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise (BGR x 255 with the Detectron mean/std) and zero-pad to the divisibility."""
+        images = []
+        for x in batched_inputs:
+            image = x["image"].to(self.device).float()
+            if self.input_format == "RGB":
+                image = image.flip(0)
+            images.append((image - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Dict:
+        """Language features (see ``LANGUAGE_BACKBONE_REGISTRY``), plus the prompt-tuning vectors.
+
+        Args:
+            input_ids, attention_mask: (B, L) int64.
+        """
+        lang = self.language_backbone(input_ids, attention_mask)
+        if self.tunable_linear is not None:
+            delta = self.tunable_linear.weight[: input_ids.shape[1]].unsqueeze(0)
+            lang = dict(lang, embedded=lang["embedded"] + delta, hidden=lang["hidden"] + delta)
+        return lang
+
+    def extract_features(self, images: ImageList) -> List[torch.Tensor]:
+        """FPN maps P3..P7, each (B, C, H_l, W_l)."""
+        features = self.backbone(images.tensor)
+        return [features[f] for f in self.in_features]
+
+    def anchors(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Per level (H_l * W_l, 4) inclusive anchors for the given maps."""
+        shapes = [tuple(f.shape[-2:]) for f in features]
+        return grid_anchors(shapes, self.anchor_strides, self.anchor_sizes, self.device)
+
+    @staticmethod
+    def _stack_prompt(batched_inputs: List[Dict], key: str, device) -> torch.Tensor:
+        try:
+            return torch.stack([torch.as_tensor(x[key]) for x in batched_inputs]).to(device)
+        except KeyError as e:
+            raise KeyError(
+                f"GLIP input dicts need '{key}' (made by glip_d2.data prompts/mappers)"
+            ) from e
+
+    def forward(self, batched_inputs: List[Dict]):
+        """See the class docstring for the input and output formats."""
+        images = self.preprocess_image(batched_inputs)
+        input_ids = self._stack_prompt(batched_inputs, "input_ids", self.device)
+        attention_mask = self._stack_prompt(batched_inputs, "attention_mask", self.device)
+        features = self.extract_features(images)
+        if self.training:
+            return self.losses(batched_inputs, images, features, input_ids, attention_mask)
+        return self.inference(batched_inputs, images, features, input_ids, attention_mask)
+
+    def run_head(
+        self, features: List[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor], Dict]:
+        """Language backbone + head for one prompt per image; see ``GLIPHead.forward``."""
+        lang = self.encode_text(input_ids, attention_mask)
+        logits, deltas, centerness = self.head(features, lang)
+        return logits, deltas, centerness, lang
+
+    def losses(self, batched_inputs, images, features, input_ids, attention_mask):
+        logits, deltas, centerness, _ = self.run_head(features, input_ids, attention_mask)
+        gt_boxes, gt_maps = [], []
+        for x in batched_inputs:
+            inst = x["instances"].to(self.device)
+            boxes = inst.gt_boxes.tensor.clone()
+            boxes[:, 2:] -= 1  # continuous -> inclusive (reference §10: x2 = x + w - 1)
+            gt_boxes.append(boxes)
+            gt_maps.append(inst.gt_positive_map)
+        flat = lambda t, k: t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, k)  # noqa: E731
+        return glip_losses(
+            torch.cat(logits, dim=1),
+            torch.cat([flat(d, 4) for d in deltas], dim=1),
+            torch.cat([flat(c, 1) for c in centerness], dim=1).squeeze(-1),
+            self.anchors(features),
+            gt_boxes,
+            gt_maps,
+            attention_mask,
+            self.box_coder,
+            topk=self.atss_topk,
+            focal_alpha=self.focal_alpha,
+            focal_gamma=self.focal_gamma,
+            token_loss_weight=self.token_loss_weight,
+            reg_loss_weight=self.reg_loss_weight,
+        )
+
+    def detect(
+        self,
+        logits: List[torch.Tensor],
+        deltas: List[torch.Tensor],
+        centerness: List[torch.Tensor],
+        anchors: List[torch.Tensor],
+        index: int,
+        positive_map: torch.Tensor,
+        image_size: Tuple[int, int],
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Official post-processing for image ``index`` of the batch (inclusive boxes in
+        resized-image pixels, scores, prompt-entry indices)."""
+        return postprocess_image(
+            [lg[index] for lg in logits],
+            [d[index].permute(1, 2, 0).reshape(-1, 4) for d in deltas],
+            [c[index].reshape(-1) for c in centerness],
+            anchors,
+            positive_map.to(self.device),
+            image_size,
+            self.box_coder,
+            score_thresh=self.score_thresh,
+            pre_nms_top_n=self.pre_nms_top_n,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+            score_agg=self.score_agg,
+        )
+
+    def inference(self, batched_inputs, images, features, input_ids, attention_mask):
+        logits, deltas, centerness, _ = self.run_head(features, input_ids, attention_mask)
+        anchors = self.anchors(features)
+        results = []
+        for i, x in enumerate(batched_inputs):
+            boxes, scores, labels = self.detect(
+                logits, deltas, centerness, anchors, i, x["positive_map"], images.image_sizes[i]
+            )
+            results.append(
+                {"instances": self.to_instances(x, images.image_sizes[i], boxes, scores, labels)}
+            )
+        return results
+
+    def to_instances(
+        self,
+        x: Dict,
+        image_size: Tuple[int, int],
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> Instances:
+        """Detections in original-image pixels and Detectron2's box convention.
+
+        Boxes are scaled by original/resized size per axis (as the official ``BoxList.resize``),
+        then ``x2, y2`` get +1: the official evaluation's ``w = x2 - x1 + 1`` equals Detectron2's
+        ``w = x2 - x1`` of the converted box.
+        """
+        h, w = image_size
+        out_h, out_w = x.get("height", h), x.get("width", w)
+        scale = boxes.new_tensor([out_w / w, out_h / h, out_w / w, out_h / h])
+        boxes = boxes * scale
+        boxes[:, 2:] += 1
+        class_ids = torch.as_tensor(x.get("prompt_class_ids", torch.arange(len(x["positive_map"]))))
+        inst = Instances((out_h, out_w))
+        inst.pred_boxes = Boxes(boxes)
+        inst.scores = scores
+        inst.pred_classes = class_ids.to(labels.device)[labels]
+        phrases = x.get("phrases")
+        if phrases is not None:
+            inst.pred_phrases = np.asarray(list(phrases), dtype=object)[labels.cpu().numpy()]
+        return inst
