@@ -4,7 +4,7 @@ Importing the package registers its components in Detectron2's registries (meta-
 backbones, language backbones) and its datasets in the catalog. It never initialises CUDA.
 """
 
-from . import evaluation, modeling  # noqa: F401  (registration side effects)
+from . import data, engine, evaluation, modeling  # noqa: F401  (registration side effects)
 from .config import add_glip_config
 
 __version__ = "0.1.0"

@@ -116,8 +116,15 @@ def add_glip_config(cfg: CN) -> None:
     _C.INPUT.PROMPT.FULL_NEG_PROB = 0.5
     _C.INPUT.PROMPT.TOKEN_BUDGET = 254  # wordpieces available to a training prompt
     _C.INPUT.PROMPT.SHUFFLE = True  # shuffle category order in training prompts
-    # Categories per prompt at evaluation (large vocabularies are chunked); 0 = one prompt.
+    # Categories per prompt at evaluation (large vocabularies are chunked); 0 = as many as fit
+    # in MAX_QUERY_LEN tokens. The official LVIS recipe uses 40.
     _C.INPUT.PROMPT.CHUNK_SIZE = 0
+    # Add the official "__background__" entry to the negative pool of training prompts.
+    _C.INPUT.PROMPT.BACKGROUND_NEGATIVE = False
+    # A grounding span that cuts a token: "repair" (widen to covering tokens, warn) or "error".
+    _C.INPUT.PROMPT.ON_BAD_SPAN = "repair"
+    # An unreadable training image: "error" (raise naming the file) or "skip" (warn, next image).
+    _C.INPUT.ON_BAD_IMAGE = "error"
 
     _C.INPUT.MIN_SIZE_TRAIN = (480, 560, 640, 720, 800)
     _C.INPUT.MAX_SIZE_TRAIN = 1333

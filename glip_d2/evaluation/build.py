@@ -12,7 +12,11 @@ from typing import Callable, Dict, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, LVISEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+
+from .flickr_evaluation import FlickrEvaluator
+from .lvis_evaluation import LVISFixedAPEvaluator, LVISStandardEvaluator
+from .refexp_evaluation import RefExpEvaluator
 
 
 def _coco(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
@@ -26,15 +30,44 @@ def _coco(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluat
 
 
 def _lvis(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
-    return LVISEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder)
+    # Both numbers the GLIP paper reports: standard LVIS AP (300 per image) as results["bbox"],
+    # and MDETR's Fixed AP (top 10,000 per category, no per-image cap) as
+    # results["bbox_fixed_ap"].
+    return DatasetEvaluators(
+        [
+            LVISStandardEvaluator(
+                dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder
+            ),
+            LVISFixedAPEvaluator(dataset_name, distributed=True, output_dir=output_folder),
+        ]
+    )
+
+
+def _flickr30k(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    return FlickrEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+
+def _grounding(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    return FlickrEvaluator(
+        dataset_name, distributed=True, output_dir=output_folder, task_name="grounding"
+    )
+
+
+def _refcoco(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    return RefExpEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
 
 #: evaluator_type -> factory(cfg, dataset_name, output_folder) returning a DatasetEvaluator.
-#: "odinw" tasks are COCO-format detection sets and use COCO AP (reference §9).
+#: "odinw" tasks are COCO-format detection sets and use COCO AP (reference §9). "refcoco"
+#: covers RefCOCO, RefCOCO+ and RefCOCOg (one registered dataset per split). "grounding" (the
+#: default of ``register_mdetr_grounding``) reports Flickr-style phrase recalls.
 EVALUATOR_TABLE: Dict[str, Callable[[CfgNode, str, str], DatasetEvaluator]] = {
     "coco": _coco,
     "odinw": _coco,
     "lvis": _lvis,
+    "flickr30k": _flickr30k,
+    "refcoco": _refcoco,
+    "grounding": _grounding,
 }
 
 

@@ -22,12 +22,12 @@ def resolve_path(name: str) -> str:
         return name
     package, _, sub = name[len(PKG_SCHEME) :].partition("/")
     spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"'{name}': Python package '{package}' is not installed "
             f"(pip install --no-deps {package.replace('_', '-')})"
         )
-    path = os.path.join(os.path.dirname(spec.origin), sub)
+    path = os.path.join(list(spec.submodule_search_locations)[0], sub)
     if not os.path.exists(path):
         raise FileNotFoundError(f"'{name}': {path} does not exist")
     return path

@@ -1,0 +1,45 @@
+"""Prompt logic, in one place: prompt text, token positive maps, chunking, training sampling.
+
+Used by the dataset mapper (training and evaluation) and by the demo predictor. Character
+spans are half-open ``[start, end)`` intervals of the caption; token indices count ``[CLS]``
+as 0.
+"""
+
+from .chunking import chunk_categories
+from .positive_map import (
+    build_positive_map,
+    char_span_to_tokens,
+    encode_prompt,
+    positive_map_from_encoding,
+    span_cuts_token,
+    tokenize_prompt,
+)
+from .sampling import BACKGROUND_CLASS_ID, DetectionPromptSampler
+from .text import (
+    CharSpan,
+    Prompt,
+    build_detection_prompt,
+    build_grounding_prompt,
+    check_char_spans,
+    clean_name,
+)
+from .tokenizer import build_tokenizer
+
+__all__ = [
+    "BACKGROUND_CLASS_ID",
+    "CharSpan",
+    "DetectionPromptSampler",
+    "Prompt",
+    "build_detection_prompt",
+    "build_grounding_prompt",
+    "build_positive_map",
+    "build_tokenizer",
+    "char_span_to_tokens",
+    "check_char_spans",
+    "chunk_categories",
+    "clean_name",
+    "encode_prompt",
+    "positive_map_from_encoding",
+    "span_cuts_token",
+    "tokenize_prompt",
+]

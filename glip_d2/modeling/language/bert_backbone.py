@@ -29,6 +29,7 @@ def load_bert_config(model_name: str, config_file: str = ""):
     from transformers import BertConfig
 
     model_name = resolve_path(model_name)
+    config_file = resolve_path(config_file) if config_file else ""
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"MODEL.LANGUAGE_BACKBONE.CONFIG_FILE not found: {config_file}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
@@ -13,6 +12,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
 from ...utils.checkpoint import convert_official_state_dict, is_official_glip_state_dict
+from ...utils.phrases import PhraseList
 from ..head.atss import GLIPBoxCoder, cell_anchor, grid_anchors
 from ..head.glip_head import GLIPHead
 from ..head.inference import postprocess_image
@@ -34,12 +34,16 @@ class GLIP(nn.Module):
     * ``positive_map``: (K, L) bool, the tokens of each prompt entry (category or phrase);
     * ``prompt_class_ids``: (K,) int64, the 0-based class of each entry (``pred_classes``);
     * ``phrases`` (optional): K strings, the text of each entry;
+    * ``prompt_chunks`` (optional, inference): a list of such prompt dicts (a large vocabulary
+      in chunks) used instead of the top-level prompt fields; the backbone runs once and the
+      chunks' detections are concatenated;
     * training only, ``instances`` with ``gt_boxes`` (XYXY_ABS, Detectron2's continuous
       convention, in resized-image pixels) and ``gt_positive_map`` (G, L) bool.
 
     Output (inference): ``[{"instances": Instances}]`` in original-image pixels with
-    ``pred_boxes`` (continuous XYXY), ``scores``, ``pred_classes`` and ``pred_phrases`` (a numpy
-    array of str). Training returns ``loss_token``, ``loss_giou`` and ``loss_centerness``.
+    ``pred_boxes`` (continuous XYXY), ``scores``, ``pred_classes`` and ``pred_phrases``
+    (a :class:`PhraseList` of str). Training returns ``loss_token``, ``loss_giou`` and
+    ``loss_centerness``.
 
     Boxes are handled in the official inclusive convention inside (``x2 = x + w - 1``); the
     conversion happens once on the way in (``x2 - 1``) and once on the way out (``+ 1`` after
@@ -235,12 +239,12 @@ class GLIP(nn.Module):
     def forward(self, batched_inputs: List[Dict]):
         """See the class docstring for the input and output formats."""
         images = self.preprocess_image(batched_inputs)
-        input_ids = self._stack_prompt(batched_inputs, "input_ids", self.device)
-        attention_mask = self._stack_prompt(batched_inputs, "attention_mask", self.device)
         features = self.extract_features(images)
         if self.training:
+            input_ids = self._stack_prompt(batched_inputs, "input_ids", self.device)
+            attention_mask = self._stack_prompt(batched_inputs, "attention_mask", self.device)
             return self.losses(batched_inputs, images, features, input_ids, attention_mask)
-        return self.inference(batched_inputs, images, features, input_ids, attention_mask)
+        return self.inference(batched_inputs, images, features)
 
     def run_head(
         self, features: List[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -303,21 +307,61 @@ class GLIP(nn.Module):
             score_agg=self.score_agg,
         )
 
-    def inference(self, batched_inputs, images, features, input_ids, attention_mask):
-        logits, deltas, centerness, _ = self.run_head(features, input_ids, attention_mask)
+    @staticmethod
+    def prompt_chunks(x: Dict) -> List[Dict]:
+        """The prompts of one input: ``x["prompt_chunks"]`` (a vocabulary split into chunks,
+        each a dict with the prompt fields) or the prompt fields of ``x`` itself."""
+        if "prompt_chunks" in x:
+            return list(x["prompt_chunks"])
+        return [x]
+
+    @staticmethod
+    def _trimmed_positive_map(positive_map: torch.Tensor, length: int) -> torch.Tensor:
+        positive_map = torch.as_tensor(positive_map)
+        if positive_map[:, length:].any():
+            raise ValueError(
+                f"A positive map marks tokens at or after index {length}, past the prompt's "
+                "last real token (its attention mask): the prompt and its map do not match"
+            )
+        return positive_map[:, :length]
+
+    def inference(self, batched_inputs, images, features):
+        """Detections for every prompt chunk of every image; the backbone ran once.
+
+        Per chunk, the language backbone and head run on the images that have that chunk
+        (batched), and each chunk's detections get the official NMS and cap on their own, as
+        the official chunked LVIS evaluation does; the chunks' results are concatenated.
+        """
         anchors = self.anchors(features)
-        results = []
-        for i, x in enumerate(batched_inputs):
-            boxes, scores, labels = self.detect(
-                logits, deltas, centerness, anchors, i, x["positive_map"], images.image_sizes[i]
-            )
-            results.append(
-                {"instances": self.to_instances(x, images.image_sizes[i], boxes, scores, labels)}
-            )
-        return results
+        chunks = [self.prompt_chunks(x) for x in batched_inputs]
+        found = [[] for _ in batched_inputs]
+        for j in range(max(len(c) for c in chunks)):
+            idx = [i for i, c in enumerate(chunks) if len(c) > j]
+            prompts = [chunks[i][j] for i in idx]
+            input_ids = self._stack_prompt(prompts, "input_ids", self.device)
+            attention_mask = self._stack_prompt(prompts, "attention_mask", self.device)
+            sub = [f[idx] for f in features] if len(idx) < len(batched_inputs) else features
+            logits, deltas, centerness, _ = self.run_head(sub, input_ids, attention_mask)
+            for k, (i, prompt) in enumerate(zip(idx, prompts)):
+                boxes, scores, labels = self.detect(
+                    logits,
+                    deltas,
+                    centerness,
+                    anchors,
+                    k,
+                    prompt["positive_map"],
+                    images.image_sizes[i],
+                )
+                found[i].append(
+                    self.to_instances(
+                        prompt, batched_inputs[i], images.image_sizes[i], boxes, scores, labels
+                    )
+                )
+        return [{"instances": r[0] if len(r) == 1 else Instances.cat(r)} for r in found]
 
     def to_instances(
         self,
+        prompt: Dict,
         x: Dict,
         image_size: Tuple[int, int],
         boxes: torch.Tensor,
@@ -335,12 +379,13 @@ class GLIP(nn.Module):
         scale = boxes.new_tensor([out_w / w, out_h / h, out_w / w, out_h / h])
         boxes = boxes * scale
         boxes[:, 2:] += 1
-        class_ids = torch.as_tensor(x.get("prompt_class_ids", torch.arange(len(x["positive_map"]))))
+        num_entries = len(prompt["positive_map"])
+        class_ids = torch.as_tensor(prompt.get("prompt_class_ids", torch.arange(num_entries)))
         inst = Instances((out_h, out_w))
         inst.pred_boxes = Boxes(boxes)
         inst.scores = scores
         inst.pred_classes = class_ids.to(labels.device)[labels]
-        phrases = x.get("phrases")
+        phrases = prompt.get("phrases")
         if phrases is not None:
-            inst.pred_phrases = np.asarray(list(phrases), dtype=object)[labels.cpu().numpy()]
+            inst.pred_phrases = PhraseList(phrases)[labels]
         return inst

@@ -1,0 +1,388 @@
+"""The dataset mapper of GLIP: image, augmentation, prompt, tokens and positive maps.
+
+One mapper serves detection records (a prompt from the dataset's category names: sampled
+negatives in training, every category, chunked if needed, at test time) and grounding records
+(the record's caption and phrase spans). See :class:`GroundingDatasetMapper` for the output.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Boxes, BoxMode, Instances
+
+from ..prompts import (
+    DetectionPromptSampler,
+    Prompt,
+    build_grounding_prompt,
+    build_tokenizer,
+    check_char_spans,
+    chunk_categories,
+    positive_map_from_encoding,
+    span_cuts_token,
+    tokenize_prompt,
+)
+from ..transforms import build_glip_augmentation
+
+__all__ = ["GroundingDatasetMapper", "ImageReadError"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_SPAN_WARNINGS = 20
+
+
+class ImageReadError(RuntimeError):
+    """An image file is missing, unreadable, or not the size its annotation says."""
+
+
+class _Vocabulary:
+    """The prompt material of one detection dataset (built once per mapper and dataset)."""
+
+    def __init__(self, dataset_name: str, mapper: GroundingDatasetMapper):
+        meta = MetadataCatalog.get(dataset_name)
+        names = meta.get("prompt_names", None) or meta.get("thing_classes", None)
+        if not names:
+            raise ValueError(
+                f"Dataset '{dataset_name}' has an empty category list (no prompt_names or "
+                "thing_classes in its metadata): a detection prompt needs category names"
+            )
+        prefixes = meta.get("prompt_prefixes", None)
+        suffixes = meta.get("prompt_suffixes", None)
+        self.sampler: Optional[DetectionPromptSampler] = None
+        self.test_fields: List[Dict[str, Any]] = []
+        if mapper.is_train:
+            self.sampler = DetectionPromptSampler(
+                names,
+                mapper.tokenizer,
+                separator=mapper.separator,
+                random_sample_neg=mapper.random_sample_neg,
+                full_neg_prob=mapper.full_neg_prob,
+                token_budget=mapper.token_budget,
+                shuffle=mapper.shuffle,
+                prefixes=prefixes,
+                suffixes=suffixes,
+                background_negative=mapper.background_negative,
+            )
+        else:
+            chunks = chunk_categories(
+                names,
+                mapper.tokenizer,
+                mapper.chunk_size,
+                max_len=mapper.max_query_len,
+                separator=mapper.separator,
+                prefixes=prefixes,
+                suffixes=suffixes,
+            )
+            self.test_fields = [p.encode(mapper.tokenizer, mapper.max_query_len) for p in chunks]
+
+
+def _clone_fields(fields: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in fields.items()}
+
+
+class GroundingDatasetMapper:
+    """Map a grounding or detection record to the input dict of the GLIP model.
+
+    Input records (Detectron2 dicts) come from :func:`glip_d2.data.register_coco_grounding`
+    (detection: ``dataset_name`` names the metadata with the category names) or
+    :func:`glip_d2.data.register_mdetr_grounding` (grounding: ``caption``, and per annotation
+    ``tokens_positive`` character spans).
+
+    Output dict: the record's fields (``file_name``, ``image_id``, ``height``, ``width`` = the
+    original size, ...) without ``annotations``, plus
+
+    * ``image``: (3, H, W) uint8 tensor in ``image_format`` (BGR by default), augmented;
+    * ``caption`` (str); ``input_ids``, ``attention_mask``: (L,) int64, L = ``max_query_len``,
+      ``[CLS] ... [SEP]`` then ``[PAD]``;
+    * ``positive_map``: (K, L) bool, row k = the tokens (``[CLS]`` = index 0) of prompt entry k
+      (a category of a detection prompt, a phrase of a caption);
+    * ``prompt_class_ids``: (K,) int64, the contiguous 0-based class of row k (the phrase index
+      k for captions; -1 for the optional ``background`` negative);
+    * ``phrases``: list of K str, the text of each row;
+    * training only, ``instances``: ``gt_boxes`` (``Boxes``, XYXY_ABS in augmented-image
+      pixels, Detectron2's continuous convention), ``gt_classes`` (int64, class or phrase
+      index) and ``gt_positive_map`` (N, L) bool, the union of each box's spans' tokens;
+    * test time, when a vocabulary needs several prompts: ``prompt_chunks``, a list of dicts
+      with ``caption``, ``input_ids``, ``attention_mask``, ``positive_map``,
+      ``prompt_class_ids`` and ``phrases`` (the top-level fields are chunk 0).
+
+    Bad input: an unreadable image raises :class:`ImageReadError` naming the file, or (training
+    with ``on_bad_image="skip"``) logs a warning naming it and maps the previous good record
+    of this mapper instead (a blank image without boxes if there is none yet). Boxes are
+    clipped to the image; boxes at most one pixel wide or high after clipping (the official
+    inclusive-pixel rule) are dropped with their spans. A caption span outside the caption
+    raises ``ValueError`` naming the annotation; a span that cuts a token is widened to the
+    covering tokens with a warning (``on_bad_span="repair"``) or raises (``"error"``).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: Sequence[Union[T.Augmentation, T.Transform]],
+        image_format: str,
+        tokenizer: Any,
+        max_query_len: int = 256,
+        separator: str = ". ",
+        random_sample_neg: int = 85,
+        full_neg_prob: float = 0.5,
+        token_budget: int = 254,
+        shuffle: bool = True,
+        chunk_size: int = 0,
+        background_negative: bool = False,
+        on_bad_image: str = "error",
+        on_bad_span: str = "repair",
+    ):
+        """
+        Args:
+            is_train (bool): training (sampled prompts, ``instances``) or test mode.
+            augmentations (list): Detectron2 augmentations or transforms.
+            image_format (str): ``"BGR"``, ``"RGB"``... (``INPUT.FORMAT``).
+            tokenizer: a fast tokenizer, or its name / folder (loaded on first use).
+            max_query_len (int): L, the padded token length.
+            separator (str): joins category names in detection prompts.
+            random_sample_neg, full_neg_prob, token_budget, shuffle, background_negative:
+                training prompt sampling, see
+                :class:`glip_d2.data.prompts.DetectionPromptSampler`.
+            chunk_size (int): categories per test prompt; 0 = as many as fit in L tokens.
+            on_bad_image (str): ``"error"`` or ``"skip"`` (training only).
+            on_bad_span (str): ``"repair"`` or ``"error"``.
+        """
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        if on_bad_span not in ("repair", "error"):
+            raise ValueError(f"on_bad_span must be 'repair' or 'error', got {on_bad_span!r}")
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(list(augmentations))
+        self.image_format = image_format
+        self._tokenizer = tokenizer
+        self.max_query_len = max_query_len
+        self.separator = separator
+        self.random_sample_neg = random_sample_neg
+        self.full_neg_prob = full_neg_prob
+        self.token_budget = token_budget
+        self.shuffle = shuffle
+        self.chunk_size = chunk_size
+        self.background_negative = background_negative
+        self.on_bad_image = on_bad_image
+        self.on_bad_span = on_bad_span
+        self._vocabularies: Dict[str, _Vocabulary] = {}
+        self._span_warnings = 0
+        self._last_good: Optional[Dict[str, Any]] = None
+        mode = "training" if is_train else "inference"
+        logger.info(f"[GroundingDatasetMapper] Augmentations used in {mode}: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
+        prompt = cfg.INPUT.PROMPT
+        return {
+            "is_train": is_train,
+            "augmentations": build_glip_augmentation(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+            "tokenizer": prompt.TOKENIZER,
+            "max_query_len": cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN,
+            "separator": prompt.SEPARATOR,
+            "random_sample_neg": prompt.RANDOM_SAMPLE_NEG,
+            "full_neg_prob": prompt.FULL_NEG_PROB,
+            "token_budget": prompt.TOKEN_BUDGET,
+            "shuffle": prompt.SHUFFLE,
+            "chunk_size": prompt.CHUNK_SIZE,
+            "background_negative": prompt.BACKGROUND_NEGATIVE,
+            "on_bad_image": cfg.INPUT.ON_BAD_IMAGE,
+            "on_bad_span": prompt.ON_BAD_SPAN,
+        }
+
+    @property
+    def tokenizer(self):
+        """The fast tokenizer (loaded from its name on first use)."""
+        if isinstance(self._tokenizer, str):
+            self._tokenizer = build_tokenizer(self._tokenizer)
+        return self._tokenizer
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Map one record (see the class docstring for the output).
+
+        A skipped unreadable training image is replaced by the last record this mapper mapped
+        successfully, or, before any, by a uniform grey image of the record's size without
+        boxes. (Returning None, Detectron2's way of skipping, crashes its ``MapDataset`` retry
+        on Python >= 3.11.)
+        """
+        d = copy.deepcopy(dataset_dict)
+        image = self._read_image(d)
+        if image is None:
+            if self._last_good is not None:
+                return self(self._last_good)
+            shape = (d.get("height") or 64, d.get("width") or 64, 3)
+            image = np.full(shape, 128, dtype=np.uint8)
+            d["annotations"] = []
+        elif self.is_train and self.on_bad_image == "skip":
+            self._last_good = copy.deepcopy(dataset_dict)
+        height, width = image.shape[:2]
+        d.setdefault("height", height)
+        d.setdefault("width", width)
+
+        annos = [a for a in d.pop("annotations", []) if not a.get("iscrowd", 0)]
+        boxes, annos = self._clip_boxes(annos, height, width, d)
+        if "caption" in d:
+            fields, box_maps, classes = self._grounding_prompt(d, annos)
+        else:
+            fields, box_maps, classes = self._detection_prompt(d, annos)
+        keep = box_maps.any(dim=1)  # boxes with no token in the prompt cannot be supervised
+        boxes = boxes[keep.numpy()]
+
+        aug_input = T.AugInput(image, boxes=boxes)
+        self.augmentations(aug_input)
+        image = aug_input.image
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        d.update(fields)
+        if self.is_train:
+            image_size = image.shape[:2]
+            instances = Instances(image_size)
+            gt_boxes = Boxes(torch.as_tensor(aug_input.boxes, dtype=torch.float32).reshape(-1, 4))
+            gt_boxes.clip(image_size)
+            instances.gt_boxes = gt_boxes
+            instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)[keep]
+            instances.gt_positive_map = box_maps[keep]
+            d["instances"] = instances[gt_boxes.nonempty()]
+        return d
+
+    # ------------------------------------------------------------------ image and boxes
+
+    def _read_image(self, d: Dict[str, Any]) -> Optional[np.ndarray]:
+        file_name = d["file_name"]
+        try:
+            image = utils.read_image(file_name, format=self.image_format)
+        except Exception as e:  # any decoder error: reported with the file name below
+            return self._bad_image(d, f"{type(e).__name__}: {e}")
+        expected = (d.get("width"), d.get("height"))
+        if None not in expected and (image.shape[1], image.shape[0]) != expected:
+            return self._bad_image(
+                d,
+                f"the image is {image.shape[1]}x{image.shape[0]} (after EXIF orientation) but "
+                f"the annotation says {expected[0]}x{expected[1]}",
+            )
+        return image
+
+    def _bad_image(self, d: Dict[str, Any], reason: str) -> None:
+        msg = f"Cannot use image '{d['file_name']}' (image_id {d.get('image_id')}): {reason}"
+        if self.is_train and self.on_bad_image == "skip":
+            logger.warning(f"{msg}. Skipped (INPUT.ON_BAD_IMAGE = 'skip'); another image is used.")
+            return None
+        raise ImageReadError(msg)
+
+    @staticmethod
+    def _clip_boxes(
+        annos: List[Dict[str, Any]], height: int, width: int, d: Dict[str, Any]
+    ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+        boxes = np.array(
+            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos],
+            dtype=np.float32,
+        ).reshape(-1, 4)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        # Official boxes are inclusive pixels (x2 = x + w - 1); width <= 1 is empty there.
+        keep = (boxes[:, 2] - boxes[:, 0] > 1) & (boxes[:, 3] - boxes[:, 1] > 1)
+        for a, k in zip(annos, keep):
+            if not k:
+                logger.debug(
+                    f"Image {d.get('image_id')}: annotation {a.get('id')} box {a['bbox']} is "
+                    "degenerate after clipping; dropped with its spans"
+                )
+        return boxes[keep], [a for a, k in zip(annos, keep) if k]
+
+    # ------------------------------------------------------------------ prompts
+
+    def _vocabulary(self, d: Dict[str, Any]) -> _Vocabulary:
+        name = d.get("dataset_name")
+        if name is None:
+            raise ValueError(
+                f"Record of '{d.get('file_name')}' has neither 'caption' nor 'dataset_name'; "
+                "register detection sets with glip_d2.data.register_coco_grounding"
+            )
+        if name not in self._vocabularies:
+            self._vocabularies[name] = _Vocabulary(name, self)
+        return self._vocabularies[name]
+
+    def _detection_prompt(self, d: Dict[str, Any], annos: List[Dict[str, Any]]):
+        vocab = self._vocabulary(d)
+        classes = [int(a["category_id"]) for a in annos]
+        if not self.is_train:
+            fields = _clone_fields(vocab.test_fields[0])
+            if len(vocab.test_fields) > 1:
+                fields["prompt_chunks"] = [_clone_fields(f) for f in vocab.test_fields]
+            # No instances at test time; every box is kept for the augmentation.
+            box_maps = torch.ones((len(classes), 1), dtype=torch.bool)
+            return fields, box_maps, classes
+        prompt, dropped = vocab.sampler(classes)
+        if dropped:
+            logger.debug(f"Image {d.get('image_id')}: classes {dropped} did not fit the prompt")
+        fields = prompt.encode(self.tokenizer, self.max_query_len)
+        row_of = {c: k for k, c in enumerate(prompt.class_ids)}
+        box_maps = torch.zeros((len(classes), self.max_query_len), dtype=torch.bool)
+        for i, c in enumerate(classes):
+            if c in row_of:
+                box_maps[i] = fields["positive_map"][row_of[c]]
+        return fields, box_maps, classes
+
+    def _grounding_prompt(self, d: Dict[str, Any], annos: List[Dict[str, Any]]):
+        caption = d["caption"]
+        what = f"Image {d.get('image_id')} ('{d.get('file_name')}')"
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"{what}: empty caption; a grounding sample needs text")
+        encoding = tokenize_prompt(self.tokenizer, caption, self.max_query_len)
+        keys = []
+        for a in annos:
+            spans = a.get("tokens_positive") or []
+            where = f"{what}: annotation {a.get('id')}"
+            if not spans:
+                raise ValueError(f"{where} has no tokens_positive spans")
+            check_char_spans(caption, spans, where)
+            for start, end in spans:
+                if span_cuts_token(encoding, start, end, len(caption)):
+                    self._bad_span(where, caption, start, end)
+            keys.append(tuple(sorted((int(s), int(e)) for s, e in spans)))
+        phrase_keys = sorted(set(keys))  # caption order
+        if not self.is_train and "tokens_positive_eval" in d:
+            phrase_spans = d["tokens_positive_eval"]
+        else:
+            phrase_spans = phrase_keys
+        prompt: Prompt = build_grounding_prompt(caption, phrase_spans, what=what)
+        fields = {"caption": caption}
+        fields["input_ids"] = torch.as_tensor(encoding["input_ids"], dtype=torch.int64)
+        fields["attention_mask"] = torch.as_tensor(encoding["attention_mask"], dtype=torch.int64)
+        fields["positive_map"] = positive_map_from_encoding(
+            encoding, len(caption), prompt.spans, self.max_query_len
+        )
+        fields["prompt_class_ids"] = torch.arange(len(prompt), dtype=torch.int64)
+        fields["phrases"] = prompt.phrases
+        box_maps = positive_map_from_encoding(encoding, len(caption), keys, self.max_query_len)
+        for a, row in zip(annos, box_maps):
+            if not row.any():
+                logger.warning(
+                    f"{what}: annotation {a.get('id')} spans {a.get('tokens_positive')} have no "
+                    f"token within the first {self.max_query_len} tokens; the box is dropped"
+                )
+        classes = [phrase_keys.index(k) for k in keys]
+        return fields, box_maps, classes
+
+    def _bad_span(self, where: str, caption: str, start: int, end: int) -> None:
+        msg = (
+            f"{where}: span [{start}, {end}) {caption[start:end]!r} of caption {caption!r} "
+            "does not start and end on token boundaries"
+        )
+        if self.on_bad_span == "error":
+            raise ValueError(msg)
+        self._span_warnings += 1
+        if self._span_warnings <= _MAX_SPAN_WARNINGS:
+            suffix = " (further such warnings are not shown)"
+            last = self._span_warnings == _MAX_SPAN_WARNINGS
+            logger.warning(f"{msg}; it covers the whole tokens instead{suffix if last else ''}")

@@ -1,0 +1,155 @@
+"""The GLIP meta-architecture on the tiny config: training step, inference, conventions."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+from glip_d2.config import add_glip_config
+
+ROOT = Path(__file__).resolve().parents[2]
+L = 256
+
+
+@pytest.fixture(scope="module")
+def tiny_model_cfg():
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(str(ROOT / "configs" / "quick_schedules" / "glip_tiny.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def _prompt(num_entries=2):
+    """'[CLS] red circle . blue square [SEP]' style ids: entry k covers tokens 2k+1..2k+2."""
+    ids = torch.zeros(L, dtype=torch.long)
+    n = 3 * num_entries + 1
+    ids[:n] = torch.arange(1000, 1000 + n)
+    mask = torch.zeros(L, dtype=torch.long)
+    mask[:n] = 1
+    pmap = torch.zeros(num_entries, L, dtype=torch.bool)
+    for k in range(num_entries):
+        pmap[k, 3 * k + 1 : 3 * k + 3] = True
+    return ids, mask, pmap
+
+
+def _item(boxes, classes, h=128, w=160, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids, mask, pmap = _prompt()
+    inst = Instances((h, w))
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.tensor(classes, dtype=torch.long)
+    inst.gt_positive_map = pmap[inst.gt_classes] if len(classes) else pmap[:0]
+    return {
+        "image": torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8),
+        "height": h,
+        "width": w,
+        "input_ids": ids,
+        "attention_mask": mask,
+        "positive_map": pmap,
+        "prompt_class_ids": torch.tensor([4, 7]),
+        "phrases": ["red circle", "blue square"],
+        "instances": inst,
+    }
+
+
+def test_train_step_finite_losses_and_gradients(tiny_model_cfg):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg)
+    model.train()
+    batch = [
+        _item([[10, 20, 60, 90], [80, 30, 150, 120]], [0, 1], seed=1),
+        _item([], [], h=96, w=128, seed=2),  # an image without boxes
+    ]
+    losses = model(batch)
+    assert set(losses) == {"loss_token", "loss_giou", "loss_centerness"}
+    for name, value in losses.items():
+        assert torch.isfinite(value), name
+        assert value > 0, name
+    sum(losses.values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None)]
+    assert no_grad == []
+    nonfinite = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is not None and not torch.isfinite(p.grad).all()
+    ]
+    assert nonfinite == []
+    # The unused official cls_logits conv is frozen (reference §5.3).
+    assert not model.head.cls_logits.weight.requires_grad
+
+
+def test_train_step_with_only_empty_images(tiny_model_cfg):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg)
+    model.train()
+    losses = model([_item([], [], seed=3)])
+    assert losses["loss_giou"] == 0 and losses["loss_centerness"] == 0
+    assert torch.isfinite(losses["loss_token"]) and losses["loss_token"] > 0
+    sum(losses.values()).backward()
+
+
+def test_inference_returns_instances_in_original_pixels(tiny_model_cfg):
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg.clone()
+    cfg.MODEL.ATSS.INFERENCE_TH = 0.0  # keep candidates from a random model
+    model = build_model(cfg)
+    model.eval()
+    item = _item([], [], h=128, w=160)
+    item.pop("instances")
+    item["height"], item["width"] = 256, 320  # the original image was twice as large
+    with torch.no_grad():
+        inst = model([item])[0]["instances"]
+    assert isinstance(inst, Instances)
+    assert inst.image_size == (256, 320)
+    assert 0 < len(inst) <= cfg.MODEL.ATSS.DETECTIONS_PER_IMG
+    assert set(inst.pred_classes.tolist()) <= {4, 7}
+    names = {4: "red circle", 7: "blue square"}
+    assert list(inst.pred_phrases) == [names[c] for c in inst.pred_classes.tolist()]
+    boxes = inst.pred_boxes.tensor
+    # Inclusive boxes clipped to [0, w-1] in the 160-wide input, x2 then +1, scaled by 2.
+    assert boxes[:, 0].min() >= 0 and boxes[:, 2].max() <= 2 * 159 + 1 + 1e-4
+    assert (inst.scores <= 1).all() and (inst.scores > 0).all()
+    sub = inst[inst.scores > inst.scores.median()]  # Instances indexing keeps phrases aligned
+    assert len(sub.pred_phrases) == len(sub)
+
+
+def test_chunked_vocabulary_equals_running_each_chunk(tiny_model_cfg):
+    """Backbone once + head per chunk gives what the full model gives per chunk."""
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg.clone()
+    cfg.MODEL.ATSS.INFERENCE_TH = 0.0
+    model = build_model(cfg)
+    model.eval()
+
+    def chunk(offset, class_ids, phrases):
+        ids, mask, pmap = _prompt(len(class_ids))
+        ids[1 : mask.sum() - 1] += offset
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "positive_map": pmap,
+            "prompt_class_ids": torch.tensor(class_ids),
+            "phrases": phrases,
+        }
+
+    chunks = [chunk(0, [0, 1], ["a", "b"]), chunk(50, [2, 3, 4], ["c", "d", "e"])]
+    # Same size: padding a smaller image to the batch size changes what fusion sees.
+    images = [_item([], [], seed=5), _item([], [], seed=6)]
+    for im in images:
+        im.pop("instances")
+    with torch.no_grad():
+        chunked = model([dict(images[0], prompt_chunks=chunks), dict(images[1], prompt_chunks=chunks[:1])])
+        single = [[model([dict(im, **c)])[0]["instances"] for c in chunks] for im in images]
+    for i, expected_parts in enumerate([single[0], single[1][:1]]):
+        got = chunked[i]["instances"]
+        expected = Instances.cat(expected_parts) if len(expected_parts) > 1 else expected_parts[0]
+        assert len(got) == len(expected) > 0
+        torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+        torch.testing.assert_close(got.scores, expected.scores)
+        assert torch.equal(got.pred_classes, expected.pred_classes)
+        assert list(got.pred_phrases) == list(expected.pred_phrases)
+    assert set(chunked[0]["instances"].pred_classes.tolist()) == {0, 1, 2, 3, 4}
