@@ -110,6 +110,8 @@ def add_glip_config(cfg: CN) -> None:
     _C.INPUT.PROMPT.TOKENIZER = "bert-base-uncased"
     _C.INPUT.PROMPT.SEPARATOR = ". "  # joins category names; no trailing separator
     # Training prompts for detection data: negatives sampled per image.
+    # 0 = no negatives; < 0 = every category in every prompt (official -1, COCO/ODinW
+    # fine-tuning), still within TOKEN_BUDGET.
     _C.INPUT.PROMPT.RANDOM_SAMPLE_NEG = 85
     # Probability of the "full" setting (RANDOM_SAMPLE_NEG negatives); otherwise the number of
     # negatives is drawn uniformly from 1..RANDOM_SAMPLE_NEG (official CONTROL_PROB[2]).
@@ -119,6 +121,8 @@ def add_glip_config(cfg: CN) -> None:
     # Categories per prompt at evaluation (large vocabularies are chunked); 0 = as many as fit
     # in MAX_QUERY_LEN tokens. The official LVIS recipe uses 40.
     _C.INPUT.PROMPT.CHUNK_SIZE = 0
+    # spaCy model that finds the noun phrases of a caption given without phrase spans.
+    _C.INPUT.PROMPT.SPACY_MODEL = "en_core_web_sm"
     # Add the official "__background__" entry to the negative pool of training prompts.
     _C.INPUT.PROMPT.BACKGROUND_NEGATIVE = False
     # A grounding span that cuts a token: "repair" (widen to covering tokens, warn) or "error".
@@ -148,6 +152,21 @@ def add_glip_config(cfg: CN) -> None:
     _C.SOLVER.WARMUP_ITERS = 2000
     # Transfer mode: "full", "prompt_tuning" (language_prompt_v2), "linear_probe".
     _C.SOLVER.TUNING_MODE = "full"
-    _C.SOLVER.MODEL_EMA = 0.0  # EMA decay; 0 disables
+    _C.SOLVER.MODEL_EMA = 0.0  # EMA decay of the whole state dict; 0 disables
+    # Learning-rate milestones: values below 1 are fractions of MAX_ITER (official (0.67, 0.89)).
+    _C.SOLVER.STEPS = (0.67, 0.89)
+
+    # Per-dataset repeat factor of DATASETS.TRAIN (official *_COPY); empty = 1 for each.
+    _C.DATASETS.TRAIN_REPEAT = []
+    # k-shot transfer: keep images until every category is in FEW_SHOT of them (0 = all data),
+    # reproducible from FEW_SHOT_SEED.
+    _C.DATASETS.FEW_SHOT = 0
+    _C.DATASETS.FEW_SHOT_SEED = 0
 
     _C.TEST.EVAL_PERIOD = 0
+    # Evaluate with the EMA weights (when SOLVER.MODEL_EMA > 0).
+    _C.TEST.USE_EMA = True
+    # After evaluation, draw the predictions on the first NUM_IMAGES images of each test set.
+    _C.TEST.VISUALIZE = CN()
+    _C.TEST.VISUALIZE.NUM_IMAGES = 0
+    _C.TEST.VISUALIZE.SCORE_THRESH = 0.3

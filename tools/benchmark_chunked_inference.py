@@ -1,6 +1,7 @@
 """Benchmark: one 1,203-category inference (chunked prompts) against one 80-category inference.
 
-    python tools/benchmark_chunked_inference.py [--config-file configs/quick_schedules/glip_tiny.yaml]
+    python tools/benchmark_chunked_inference.py \
+        [--config-file configs/quick_schedules/glip_tiny.yaml]
         [--size 512] [--chunk-size 40] [--repeats 3] [--threads 2]
 
 The vocabulary is split into prompts of ``--chunk-size`` categories (the official LVIS recipe,
@@ -94,7 +95,7 @@ def main():
         f"{t1203 / t80:>10.2f}"
     )
     if naive is not None:
-        print(f"{f'1203 categories, whole model per chunk':<42}{naive:>10.3f}{naive / t80:>10.2f}")
+        print(f"{'1203 categories, whole model per chunk':<42}{naive:>10.3f}{naive / t80:>10.2f}")
 
 
 if __name__ == "__main__":

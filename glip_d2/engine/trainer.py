@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import weakref
 from typing import Any, Dict, List
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.hooks import EvalHook
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import GroundingDatasetMapper
+from ..data.few_shot import sample_few_shot
 from ..evaluation import build_evaluator
 from ..utils.checkpoint import GLIPCheckpointer
+from .hooks import EMAHook, ModelEMA, RNGState, unwrap_model
+from .visualize import visualize_dataset_predictions
 
 logger = logging.getLogger(__name__)
+
+
+def _json_safe(value):
+    """Results as plain JSON: nested dicts, floats, NaN as null."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        return _json_safe(value.item())
+    return value
 
 
 def build_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
@@ -83,16 +108,114 @@ class GLIPTrainer(DefaultTrainer):
         if cfg.SOLVER.AMP.ENABLED and not use_amp:
             logger.warning("SOLVER.AMP.ENABLED is ignored without CUDA; training in fp32.")
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
+        unwrap_model(model).register_forward_hook(self._check_losses)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = GLIPCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.ema = ModelEMA(model, cfg.SOLVER.MODEL_EMA) if cfg.SOLVER.MODEL_EMA > 0 else None
+        if self.ema is not None:
+            self.checkpointer.add_checkpointable("model_ema", self.ema)
+        self.rng_state = RNGState()
+        self.checkpointer.add_checkpointable("rng_state", self.rng_state)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def resume_or_load(self, resume: bool = True):
+        """Detectron2's resume, made exact: after loading a checkpoint of iteration N, the
+        data loader replays its first N batches (not trained on) and the RNG states saved at N
+        are restored, so the run continues with the batches, augmentations and dropout masks
+        an uninterrupted run would have used (bit-identical with ``DATALOADER.NUM_WORKERS 0``
+        and a fixed ``SEED``)."""
+        super().resume_or_load(resume=resume)
+        if resume and self.start_iter > 0:
+            batches = self._trainer._data_loader_iter
+            for _ in range(self.start_iter):
+                next(batches)
+            if not self.rng_state.restore():
+                logger.warning("The checkpoint has no RNG state: resumption is not exact")
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks, plus the EMA update right after the optimizer step; with
+        ``TEST.USE_EMA`` the periodic and final evaluations run on the EMA weights."""
+        hooks = super().build_hooks()
+        if self.ema is not None:
+            hooks.insert(2, EMAHook(self.ema))
+            if self.cfg.TEST.USE_EMA:
+                for hook in hooks:
+                    if isinstance(hook, EvalHook):
+                        hook._func = self._test_with_ema(hook._func)
+        return hooks
+
+    def _test_with_ema(self, func):
+        def run():
+            with self.ema.apply_to(self.model):
+                return func()
+
+        return run
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer):
+        """Warmup + multi-step; ``SOLVER.STEPS`` below 1 are fractions of ``MAX_ITER`` (the
+        official recipe writes (0.67, 0.89))."""
+        steps = [int(round(s * cfg.SOLVER.MAX_ITER)) if s < 1 else int(s) for s in cfg.SOLVER.STEPS]
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SOLVER.STEPS = tuple(steps)
+        return super().build_lr_scheduler(cfg, optimizer)
+
+    def _check_losses(self, module, inputs, outputs):
+        """Stop at the first non-finite loss, naming the iteration and the term(s)."""
+        if not (module.training and isinstance(outputs, dict)):
+            return
+        bad = [k for k, v in outputs.items() if not torch.isfinite(v).all()]
+        if bad:
+            values = {k: float(v) for k, v in outputs.items()}
+            raise FloatingPointError(
+                f"Non-finite loss at iteration={self.iter}: {', '.join(bad)} (losses: {values})"
+            )
+
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=GroundingDatasetMapper(cfg, is_train=True))
+        """Detection and grounding sets mixed: each of ``DATASETS.TRAIN`` is repeated
+        ``DATASETS.TRAIN_REPEAT`` times per epoch (the official ``*_COPY`` factors; fractions
+        sample a share), and its records remember their dataset for the mapper's prompts."""
+        names = list(cfg.DATASETS.TRAIN)
+        repeats = list(cfg.DATASETS.TRAIN_REPEAT) or [1.0] * len(names)
+        if len(repeats) != len(names):
+            raise ValueError(
+                f"DATASETS.TRAIN_REPEAT has {len(repeats)} values for {len(names)} datasets {names}"
+            )
+        dicts, factors = [], []
+        for name, repeat in zip(names, repeats):
+            # Detection and grounding sets have different class lists: no consistency check.
+            records = get_detection_dataset_dicts(
+                [name],
+                filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                check_consistency=False,
+            )
+            if cfg.DATASETS.FEW_SHOT > 0:
+                records = sample_few_shot(
+                    records, cfg.DATASETS.FEW_SHOT, cfg.DATASETS.FEW_SHOT_SEED
+                )
+            for record in records:
+                record.setdefault("dataset_name", name)
+            dicts.extend(records)
+            factors.extend([float(repeat)] * len(records))
+            logger.info("Training set %s: %d images, repeat x%g", name, len(records), repeat)
+        seed = cfg.SEED if cfg.SEED >= 0 else None
+        if all(f == 1.0 for f in factors):
+            sampler = TrainingSampler(len(dicts), seed=seed)
+        else:
+            sampler = RepeatFactorTrainingSampler(torch.tensor(factors), seed=seed)
+        return build_detection_train_loader(
+            dicts,
+            mapper=GroundingDatasetMapper(cfg, is_train=True),
+            sampler=sampler,
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -103,6 +226,36 @@ class GLIPTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model, evaluators=None):
+        """Detectron2's evaluation loop; then (main process) the results go to
+        ``<OUTPUT_DIR>/eval_results.json`` and, with ``TEST.VISUALIZE.NUM_IMAGES``, pictures of
+        the first test images' predictions to ``<OUTPUT_DIR>/visualizations/<dataset>/``."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+            with open(path, "w") as f:
+                json.dump(_json_safe(results), f, indent=2)
+            logger.info("Evaluation results written to %s", os.path.abspath(path))
+            num = cfg.TEST.VISUALIZE.NUM_IMAGES
+            for name in cfg.DATASETS.TEST if num > 0 else ():
+                folder = os.path.join(cfg.OUTPUT_DIR, "visualizations", name)
+                written = visualize_dataset_predictions(
+                    model,
+                    cls.build_test_loader(cfg, name),
+                    folder,
+                    num,
+                    cfg.TEST.VISUALIZE.SCORE_THRESH,
+                )
+                logger.info(
+                    "Wrote %d pictures of %s predictions to %s",
+                    len(written),
+                    name,
+                    os.path.abspath(folder),
+                )
+        return results
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

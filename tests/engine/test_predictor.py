@@ -92,6 +92,34 @@ def test_detections_match_official_in_original_pixels(predictor, fixture_data):
     assert list(inst.pred_phrases) == [names[c] for c in inst.pred_classes.tolist()]
 
 
-def test_rejects_a_string_prompt(predictor, fixture_data):
-    with pytest.raises(TypeError, match="list of category names"):
-        predictor(fixture_data[2], "person. bicycle")
+def test_caption_with_phrase_spans(predictor, fixture_data):
+    """A caption with given phrase spans: the fixture's query is itself such a caption, so the
+    detections equal the category-list run's."""
+    inputs, _, image_bgr = fixture_data
+    names = list(inputs["label_names"])
+    caption = inputs["caption"]
+    spans, start = [], 0
+    for name in names:
+        start = caption.index(name, start)
+        spans.append([[start, start + len(name)]])
+    by_caption = predictor(image_bgr, caption, spans)["instances"]
+    by_names = predictor(image_bgr, names)["instances"]
+    torch.testing.assert_close(by_caption.pred_boxes.tensor, by_names.pred_boxes.tensor)
+    assert torch.equal(by_caption.pred_classes, by_names.pred_classes)
+    # A batch of two images gives each image's single-image result.
+    a, b = predictor.predict_batch([image_bgr, image_bgr], names)
+    torch.testing.assert_close(a["instances"].scores, by_names.scores)
+    torch.testing.assert_close(b["instances"].scores, by_names.scores)
+
+
+def test_caption_without_spans_without_spacy_says_how_to_install(
+    predictor, fixture_data, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "spacy", None)  # as if spaCy were not installed
+    with pytest.raises(ImportError, match="pip install spacy"):
+        predictor(fixture_data[2], "a bicycle next to a tree")
+
+
+def test_span_outside_caption_is_an_error(predictor, fixture_data):
+    with pytest.raises(ValueError, match="prompt phrase 0"):
+        predictor(fixture_data[2], "a red car", [[[4, 40]]])

@@ -76,7 +76,7 @@ class GLIP(nn.Module):
         detections_per_img: int = 100,
         score_agg: str = "MEAN",
         max_query_len: int = 256,
-        prompt_tuning: bool = False,
+        tuning_mode: str = "full",
     ):
         """
         Args:
@@ -84,8 +84,12 @@ class GLIP(nn.Module):
             language_backbone: text encoder (see ``LANGUAGE_BACKBONE_REGISTRY``).
             head (GLIPHead): fusion tower and predictions.
             anchor_sizes, anchor_strides: one square anchor per location and level.
-            prompt_tuning (bool): add the official ``tunable_linear`` (one learned additive
-                vector per token position, ``language_prompt_v2``).
+            tuning_mode (str): which parameters train (reference §12): ``"full"`` all;
+                ``"prompt_tuning"`` (official ``language_prompt_v2``) only the added
+                ``tunable_linear``, one learned additive vector per token position, with the
+                rest frozen and in eval mode; ``"linear_probe"`` only the head's final layers
+                (``bbox_pred``, ``centerness``, ``dot_product_projection_text``, ``log_scale``,
+                ``bias_lang``, ``bias0``).
             Other arguments: the ATSS loss and post-processing settings (reference §7-§8).
         """
         super().__init__()
@@ -109,7 +113,12 @@ class GLIP(nn.Module):
         self.detections_per_img = detections_per_img
         self.score_agg = score_agg
         self.max_query_len = max_query_len
-        if prompt_tuning:
+        if tuning_mode not in self.TUNING_MODES:
+            raise ValueError(
+                f"SOLVER.TUNING_MODE '{tuning_mode}' is not one of {sorted(self.TUNING_MODES)}"
+            )
+        self.tuning_mode = tuning_mode
+        if tuning_mode == "prompt_tuning":
             lang_dim = language_backbone.out_dim
             # Official shape (1000, D); only the first L rows are used. Zero init (reference §12).
             self.tunable_linear = nn.Linear(lang_dim, 1000, bias=False)
@@ -119,6 +128,38 @@ class GLIP(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self._register_load_state_dict_pre_hook(self._convert_official_keys)
+        self._freeze_for_tuning_mode()
+
+    #: tuning mode -> parameter-name prefixes that train (None: all)
+    TUNING_MODES = {
+        "full": None,
+        "prompt_tuning": ("tunable_linear.",),
+        "linear_probe": (
+            "head.bbox_pred.",
+            "head.centerness.",
+            "head.dot_product_projection_text.",
+            "head.log_scale",
+            "head.bias_lang",
+            "head.bias0",
+        ),
+    }
+
+    def _freeze_for_tuning_mode(self) -> None:
+        trainable = self.TUNING_MODES[self.tuning_mode]
+        if trainable is None:
+            return
+        for name, param in self.named_parameters():
+            if not name.startswith(trainable):
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        """In prompt tuning the frozen network also stays in eval mode (no dropout), as the
+        official ``RPN.FREEZE`` does."""
+        super().train(mode)
+        if mode and self.tuning_mode == "prompt_tuning":
+            for module in (self.backbone, self.language_backbone, self.head):
+                module.eval()
+        return self
 
     @classmethod
     def from_config(cls, cfg):
@@ -165,7 +206,7 @@ class GLIP(nn.Module):
             "detections_per_img": atss.DETECTIONS_PER_IMG,
             "score_agg": gh.SCORE_AGG,
             "max_query_len": cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN,
-            "prompt_tuning": cfg.SOLVER.TUNING_MODE == "prompt_tuning",
+            "tuning_mode": cfg.SOLVER.TUNING_MODE,
         }
 
     @property

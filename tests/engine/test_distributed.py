@@ -1,0 +1,87 @@
+"""Two-process training on CPU (gloo) through Detectron2's launch."""
+
+import socket
+from pathlib import Path
+
+import torch
+from detectron2.engine import launch
+from detectron2.utils import comm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(out_dir):
+    from detectron2.config import get_cfg
+
+    from glip_d2.config import add_glip_config
+    from glip_d2.engine import GLIPTrainer
+    from glip_d2.modeling.head.atss import GLIPBoxCoder, grid_anchors
+    from glip_d2.modeling.head.loss import glip_losses
+
+    rank = comm.get_rank()
+    torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts them)
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(str(ROOT / "configs" / "quick_schedules" / "glip_tiny.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.OUTPUT_DIR = str(out_dir)
+    cfg.DATASETS.TRAIN = ("glip_shapes_train",)
+    cfg.DATASETS.TEST = ()
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH = 2, 2
+    cfg.SEED = 7
+    trainer = GLIPTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    state = {k: v.detach().clone() for k, v in trainer.model.module.state_dict().items()}
+
+    # Loss normaliser: rank 0 has one box, rank 1 two; both divide by the global mean count.
+    anchors = grid_anchors([(8, 8)], [8], [32], torch.device("cpu"))
+    boxes = [torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
+             torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 30.0, 60.0, 60.0]])][rank]
+    maps = torch.zeros(len(boxes), 8)
+    maps[:, 1] = 1
+    logits = torch.linspace(-3, 3, 64 * 8).reshape(1, 64, 8)
+    args = (logits, torch.zeros(1, 64, 4), torch.zeros(1, 64), anchors, [boxes], [maps],
+            torch.ones(1, 8, dtype=torch.long), GLIPBoxCoder())
+    kw = dict(topk=9, focal_alpha=0.25, focal_gamma=2.0, token_loss_weight=1.0,
+              reg_loss_weight=2.0)
+    losses = glip_losses(*args, **kw)
+    torch.save({"state": state, "loss_token": losses["loss_token"]}, out_dir / f"rank{rank}.pt")
+
+
+def test_two_processes_end_with_identical_weights(tmp_path):
+    launch(_worker, 2, num_machines=1, machine_rank=0,
+           dist_url=f"tcp://127.0.0.1:{_free_port()}", args=(tmp_path,))
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    for key, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][key]), key
+
+    # Single-process check of the normaliser: the same loss with the positive counts of both
+    # ranks, recomputed here as sum(focal) / mean(num_pos over ranks).
+    from glip_d2.modeling.head.atss import atss_assign, grid_anchors
+    from glip_d2.modeling.head.loss import token_sigmoid_focal_loss
+
+    anchors = grid_anchors([(8, 8)], [8], [32], torch.device("cpu"))
+    counts = []
+    for boxes in (torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
+                  torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 30.0, 60.0, 60.0]])):
+        counts.append(int(atss_assign(anchors, boxes, 9)[1].sum()))
+    assert counts[0] != counts[1]
+    logits = torch.linspace(-3, 3, 64 * 8).reshape(1, 64, 8)
+    for rank, result in enumerate((r0, r1)):
+        boxes = [torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
+                 torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 30.0, 60.0, 60.0]])][rank]
+        matched, pos = atss_assign(anchors, boxes, 9)
+        target = torch.zeros(64, 8)
+        target[pos, 1] = 1
+        target[~pos, -1] = 1
+        focal = token_sigmoid_focal_loss(logits[0], target, 0.25, 2.0).sum()
+        expected = focal / (sum(counts) / 2)
+        torch.testing.assert_close(result["loss_token"], expected)
