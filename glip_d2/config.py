@@ -164,6 +164,8 @@ def add_glip_config(cfg: CN) -> None:
     _C.DATASETS.FEW_SHOT_SEED = 0
 
     _C.TEST.EVAL_PERIOD = 0
+    # Inference: (image, prompt chunk) pairs per language-backbone/head pass.
+    _C.TEST.PROMPT_BATCH_SIZE = 8
     # Evaluate with the EMA weights (when SOLVER.MODEL_EMA > 0).
     _C.TEST.USE_EMA = True
     # After evaluation, draw the predictions on the first NUM_IMAGES images of each test set.

@@ -158,7 +158,10 @@ class GLIPTrainer(DefaultTrainer):
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer):
         """Warmup + multi-step; ``SOLVER.STEPS`` below 1 are fractions of ``MAX_ITER`` (the
         official recipe writes (0.67, 0.89))."""
-        steps = [int(round(s * cfg.SOLVER.MAX_ITER)) if s < 1 else int(s) for s in cfg.SOLVER.STEPS]
+        max_iter = cfg.SOLVER.MAX_ITER
+        steps = [int(round(s * max_iter)) if s < 1 else int(s) for s in cfg.SOLVER.STEPS]
+        # A milestone at or after the last iteration never applies (and fvcore rejects it).
+        steps = [s for s in steps if s < max_iter]
         cfg = cfg.clone()
         cfg.defrost()
         cfg.SOLVER.STEPS = tuple(steps)

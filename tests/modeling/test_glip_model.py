@@ -153,3 +153,23 @@ def test_chunked_vocabulary_equals_running_each_chunk(tiny_model_cfg):
         assert torch.equal(got.pred_classes, expected.pred_classes)
         assert list(got.pred_phrases) == list(expected.pred_phrases)
     assert set(chunked[0]["instances"].pred_classes.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_resnet_body_variant_trains(tiny_model_cfg):
+    """The R50 backbone variant (Detectron2 ResNet + GLIP FPN) in the tiny model."""
+    cfg = tiny_model_cfg.clone()
+    cfg.merge_from_list(["MODEL.BACKBONE.NAME", "build_glip_resnet_fpn_backbone",
+                         "MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.NORM", "BN",
+                         "MODEL.RESNETS.OUT_FEATURES", ["res3", "res4", "res5"],
+                         "MODEL.GLIP_FPN.IN_FEATURES", ["res3", "res4", "res5"],
+                         "MODEL.BACKBONE.FREEZE_AT", 2])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    shapes = model.backbone.output_shape()
+    assert [shapes[f].stride for f in model.in_features] == [8, 16, 32, 64, 128]
+    losses = model([_item([[10, 20, 60, 90]], [0], seed=1)])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.backbone.body.res3[0].conv1.weight.grad is not None
+    assert not model.backbone.body.stem.conv1.weight.requires_grad

@@ -1,6 +1,12 @@
 """Visual backbones: Swin Transformer and GLIP's FPN (registered in ``BACKBONE_REGISTRY``)."""
 
-from .fpn import GLIPFPN, DropBlock2d, GLIPSwinFPN, build_glip_swin_fpn_backbone
+from .fpn import (
+    GLIPFPN,
+    DropBlock2d,
+    GLIPSwinFPN,
+    build_glip_resnet_fpn_backbone,
+    build_glip_swin_fpn_backbone,
+)
 from .swin import GLIPSwinTransformer
 
 __all__ = [
@@ -8,5 +14,6 @@ __all__ = [
     "GLIPFPN",
     "GLIPSwinFPN",
     "GLIPSwinTransformer",
+    "build_glip_resnet_fpn_backbone",
     "build_glip_swin_fpn_backbone",
 ]

@@ -260,3 +260,27 @@ def build_glip_swin_fpn_backbone(cfg, input_shape: ShapeSpec) -> GLIPSwinFPN:
         GLIPSwinFPN: outputs ``p3`` .. ``p7``.
     """
     return GLIPSwinFPN(cfg, input_shape)
+
+
+@BACKBONE_REGISTRY.register()
+def build_glip_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> GLIPSwinFPN:
+    """Detectron2's ResNet (``MODEL.RESNETS``, e.g. depth 50 or 101) + GLIP's FPN.
+
+    The body is ``detectron2.modeling.build_resnet_backbone``; ``MODEL.GLIP_FPN.IN_FEATURES``
+    must name three of its outputs (``res3``, ``res4``, ``res5``). Freezing follows Detectron2's
+    ``MODEL.BACKBONE.FREEZE_AT`` for ResNets.
+
+    Returns:
+        GLIPSwinFPN: outputs ``p3`` .. ``p7`` (the class takes any body).
+    """
+    from detectron2.modeling.backbone import build_resnet_backbone
+
+    fpn = cfg.MODEL.GLIP_FPN
+    return GLIPSwinFPN(
+        body=build_resnet_backbone(cfg, input_shape),
+        in_features=list(fpn.IN_FEATURES),
+        out_channels=fpn.OUT_CHANNELS,
+        drop_block_prob=fpn.DROP_PROB if fpn.DROP_BLOCK else 0.0,
+        drop_block_size=fpn.DROP_SIZE,
+        size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
+    )

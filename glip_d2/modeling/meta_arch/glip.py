@@ -77,6 +77,7 @@ class GLIP(nn.Module):
         score_agg: str = "MEAN",
         max_query_len: int = 256,
         tuning_mode: str = "full",
+        prompt_batch_size: int = 8,
     ):
         """
         Args:
@@ -90,6 +91,8 @@ class GLIP(nn.Module):
                 rest frozen and in eval mode; ``"linear_probe"`` only the head's final layers
                 (``bbox_pred``, ``centerness``, ``dot_product_projection_text``, ``log_scale``,
                 ``bias_lang``, ``bias0``).
+            prompt_batch_size (int): (image, prompt chunk) pairs per language/head pass at
+                inference (memory grows with it).
             Other arguments: the ATSS loss and post-processing settings (reference §7-§8).
         """
         super().__init__()
@@ -113,6 +116,7 @@ class GLIP(nn.Module):
         self.detections_per_img = detections_per_img
         self.score_agg = score_agg
         self.max_query_len = max_query_len
+        self.prompt_batch_size = prompt_batch_size
         if tuning_mode not in self.TUNING_MODES:
             raise ValueError(
                 f"SOLVER.TUNING_MODE '{tuning_mode}' is not one of {sorted(self.TUNING_MODES)}"
@@ -207,6 +211,7 @@ class GLIP(nn.Module):
             "score_agg": gh.SCORE_AGG,
             "max_query_len": cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN,
             "tuning_mode": cfg.SOLVER.TUNING_MODE,
+            "prompt_batch_size": cfg.TEST.PROMPT_BATCH_SIZE,
         }
 
     @property
@@ -369,29 +374,39 @@ class GLIP(nn.Module):
     def inference(self, batched_inputs, images, features):
         """Detections for every prompt chunk of every image; the backbone ran once.
 
-        Per chunk, the language backbone and head run on the images that have that chunk
-        (batched), and each chunk's detections get the official NMS and cap on their own, as
-        the official chunked LVIS evaluation does; the chunks' results are concatenated.
+        The (image, chunk) pairs run through the language backbone and head in groups of
+        ``prompt_batch_size``; each chunk's detections get the official NMS and cap on their
+        own, as the official chunked LVIS evaluation does, and an image's chunks are
+        concatenated.
         """
         anchors = self.anchors(features)
         chunks = [self.prompt_chunks(x) for x in batched_inputs]
+        pairs = [
+            (i, j)
+            for j in range(max(map(len, chunks)))
+            for i in range(len(chunks))
+            if j < len(chunks[i])
+        ]
         found = [[] for _ in batched_inputs]
-        for j in range(max(len(c) for c in chunks)):
-            idx = [i for i, c in enumerate(chunks) if len(c) > j]
-            prompts = [chunks[i][j] for i in idx]
+        group = max(self.prompt_batch_size, 1)
+        for start in range(0, len(pairs), group):
+            part = pairs[start : start + group]
+            prompts = [chunks[i][j] for i, j in part]
             input_ids = self._stack_prompt(prompts, "input_ids", self.device)
             attention_mask = self._stack_prompt(prompts, "attention_mask", self.device)
-            sub = [f[idx] for f in features] if len(idx) < len(batched_inputs) else features
+            # Pad tokens never influence real tokens (masked in BERT and in the image-side
+            # softmax; the text side is per token), so inference drops the padding the group
+            # shares: same outputs, less work in the language model, fusion and head.
+            length = int(attention_mask.sum(1).max())
+            input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
+            index = torch.tensor([i for i, _ in part], device=self.device)
+            same = len(part) == len(batched_inputs) and all(i == k for k, (i, _) in enumerate(part))
+            sub = features if same else [f.index_select(0, index) for f in features]
             logits, deltas, centerness, _ = self.run_head(sub, input_ids, attention_mask)
-            for k, (i, prompt) in enumerate(zip(idx, prompts)):
+            for k, ((i, _), prompt) in enumerate(zip(part, prompts)):
+                positive_map = self._trimmed_positive_map(prompt["positive_map"], length)
                 boxes, scores, labels = self.detect(
-                    logits,
-                    deltas,
-                    centerness,
-                    anchors,
-                    k,
-                    prompt["positive_map"],
-                    images.image_sizes[i],
+                    logits, deltas, centerness, anchors, k, positive_map, images.image_sizes[i]
                 )
                 found[i].append(
                     self.to_instances(
