@@ -240,7 +240,10 @@ class GLIPTrainer(DefaultTrainer):
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
             path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
             with open(path, "w") as f:
-                json.dump(_json_safe(results), f, indent=2)
+                # Detectron2 unwraps a single dataset's results; the file always names it.
+                names = list(cfg.DATASETS.TEST)
+                by_dataset = {names[0]: results} if len(names) == 1 else results
+                json.dump(_json_safe(by_dataset), f, indent=2)
             logger.info("Evaluation results written to %s", os.path.abspath(path))
             num = cfg.TEST.VISUALIZE.NUM_IMAGES
             for name in cfg.DATASETS.TEST if num > 0 else ():

@@ -42,22 +42,37 @@ def _worker(out_dir):
 
     # Loss normaliser: rank 0 has one box, rank 1 two; both divide by the global mean count.
     anchors = grid_anchors([(8, 8)], [8], [32], torch.device("cpu"))
-    boxes = [torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
-             torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 30.0, 60.0, 60.0]])][rank]
+    boxes = [
+        torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
+        torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 30.0, 60.0, 60.0]]),
+    ][rank]
     maps = torch.zeros(len(boxes), 8)
     maps[:, 1] = 1
     logits = torch.linspace(-3, 3, 64 * 8).reshape(1, 64, 8)
-    args = (logits, torch.zeros(1, 64, 4), torch.zeros(1, 64), anchors, [boxes], [maps],
-            torch.ones(1, 8, dtype=torch.long), GLIPBoxCoder())
-    kw = dict(topk=9, focal_alpha=0.25, focal_gamma=2.0, token_loss_weight=1.0,
-              reg_loss_weight=2.0)
+    args = (
+        logits,
+        torch.zeros(1, 64, 4),
+        torch.zeros(1, 64),
+        anchors,
+        [boxes],
+        [maps],
+        torch.ones(1, 8, dtype=torch.long),
+        GLIPBoxCoder(),
+    )
+    kw = dict(topk=9, focal_alpha=0.25, focal_gamma=2.0, token_loss_weight=1.0, reg_loss_weight=2.0)
     losses = glip_losses(*args, **kw)
     torch.save({"state": state, "loss_token": losses["loss_token"]}, out_dir / f"rank{rank}.pt")
 
 
 def test_two_processes_end_with_identical_weights(tmp_path):
-    launch(_worker, 2, num_machines=1, machine_rank=0,
-           dist_url=f"tcp://127.0.0.1:{_free_port()}", args=(tmp_path,))
+    launch(
+        _worker,
+        2,
+        num_machines=1,
+        machine_rank=0,
+        dist_url=f"tcp://127.0.0.1:{_free_port()}",
+        args=(tmp_path,),
+    )
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     for key, value in r0["state"].items():
@@ -70,14 +85,18 @@ def test_two_processes_end_with_identical_weights(tmp_path):
 
     anchors = grid_anchors([(8, 8)], [8], [32], torch.device("cpu"))
     counts = []
-    for boxes in (torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
-                  torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 30.0, 60.0, 60.0]])):
+    for boxes in (
+        torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
+        torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 30.0, 60.0, 60.0]]),
+    ):
         counts.append(int(atss_assign(anchors, boxes, 9)[1].sum()))
     assert counts[0] != counts[1]
     logits = torch.linspace(-3, 3, 64 * 8).reshape(1, 64, 8)
     for rank, result in enumerate((r0, r1)):
-        boxes = [torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
-                 torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 30.0, 60.0, 60.0]])][rank]
+        boxes = [
+            torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
+            torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 30.0, 60.0, 60.0]]),
+        ][rank]
         matched, pos = atss_assign(anchors, boxes, 9)
         target = torch.zeros(64, 8)
         target[pos, 1] = 1

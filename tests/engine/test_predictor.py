@@ -28,10 +28,19 @@ pytestmark = pytest.mark.skipif(
 def predictor(tmp_path_factory):
     out = tmp_path_factory.mktemp("predictor") / "cfg.yaml"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "convert_glip_config.py"),
-         str(FIXTURE / "config.yaml"), "-o", str(out), "--bert-config",
-         str(FIXTURE / "bert_config.json"), "--quiet"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "tools" / "convert_glip_config.py"),
+            str(FIXTURE / "config.yaml"),
+            "-o",
+            str(out),
+            "--bert-config",
+            str(FIXTURE / "bert_config.json"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr
     cfg = get_cfg()
@@ -84,9 +93,13 @@ def test_detections_match_official_in_original_pixels(predictor, fixture_data):
     labels = inst.pred_classes + 1
     unused = set(range(len(inst)))
     for rb, rs, rl in zip(ref_boxes, ref["scores"], ref["labels"]):
-        hit = [i for i in unused if labels[i] == rl
-               and (inst.pred_boxes.tensor[i] - rb).abs().max() <= 2e-3
-               and abs(float(inst.scores[i] - rs)) <= 1e-3]
+        hit = [
+            i
+            for i in unused
+            if labels[i] == rl
+            and (inst.pred_boxes.tensor[i] - rb).abs().max() <= 2e-3
+            and abs(float(inst.scores[i] - rs)) <= 1e-3
+        ]
         assert hit, f"official detection {rb.tolist()} ({names[rl - 1]}) not found"
         unused.remove(hit[0])
     assert list(inst.pred_phrases) == [names[c] for c in inst.pred_classes.tolist()]

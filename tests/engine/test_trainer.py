@@ -36,8 +36,11 @@ def test_param_groups_follow_the_official_rules():
     lang_b = groups["language_backbone.model.encoder.layer.0.attention.self.query.bias"]
     assert (lang_b["lr"], lang_b["weight_decay"]) == pytest.approx((2e-5, 0.0))
     # "bias" anywhere in the name: bias_lang, bias0, relative_position_bias_table too.
-    for name in ("head.bias_lang", "head.bias0",
-                 "backbone.body.layers.0.blocks.0.attn.relative_position_bias_table"):
+    for name in (
+        "head.bias_lang",
+        "head.bias0",
+        "backbone.body.layers.0.blocks.0.attn.relative_position_bias_table",
+    ):
         assert (groups[name]["lr"], groups[name]["weight_decay"]) == pytest.approx((2e-4, 0.0))
     conv = groups["head.bbox_pred.weight"]
     assert (conv["lr"], conv["weight_decay"]) == pytest.approx((1e-4, 0.05))
@@ -78,10 +81,17 @@ def test_lr_milestones_as_fractions():
         ("prompt_tuning", {"tunable_linear.weight"}),
         (
             "linear_probe",
-            {"head.bbox_pred.weight", "head.bbox_pred.bias", "head.centerness.weight",
-             "head.centerness.bias", "head.dot_product_projection_text.weight",
-             "head.dot_product_projection_text.bias", "head.log_scale", "head.bias_lang",
-             "head.bias0"},
+            {
+                "head.bbox_pred.weight",
+                "head.bbox_pred.bias",
+                "head.centerness.weight",
+                "head.centerness.bias",
+                "head.dot_product_projection_text.weight",
+                "head.dot_product_projection_text.bias",
+                "head.log_scale",
+                "head.bias_lang",
+                "head.bias0",
+            },
         ),
     ],
 )
@@ -173,6 +183,7 @@ def _train(cfg, resume, stop_after=None):
     seed_all_rng(cfg.SEED)  # what default_setup does in train_net.py
     trainer = GLIPTrainer(cfg)
     if stop_after is not None:
+
         class Stop(HookBase):
             def after_step(self):
                 if self.trainer.iter == stop_after:

@@ -142,7 +142,9 @@ def test_chunked_vocabulary_equals_running_each_chunk(tiny_model_cfg):
     for im in images:
         im.pop("instances")
     with torch.no_grad():
-        chunked = model([dict(images[0], prompt_chunks=chunks), dict(images[1], prompt_chunks=chunks[:1])])
+        chunked = model(
+            [dict(images[0], prompt_chunks=chunks), dict(images[1], prompt_chunks=chunks[:1])]
+        )
         single = [[model([dict(im, **c)])[0]["instances"] for c in chunks] for im in images]
     for i, expected_parts in enumerate([single[0], single[1][:1]]):
         got = chunked[i]["instances"]
@@ -158,11 +160,22 @@ def test_chunked_vocabulary_equals_running_each_chunk(tiny_model_cfg):
 def test_resnet_body_variant_trains(tiny_model_cfg):
     """The R50 backbone variant (Detectron2 ResNet + GLIP FPN) in the tiny model."""
     cfg = tiny_model_cfg.clone()
-    cfg.merge_from_list(["MODEL.BACKBONE.NAME", "build_glip_resnet_fpn_backbone",
-                         "MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.NORM", "BN",
-                         "MODEL.RESNETS.OUT_FEATURES", ["res3", "res4", "res5"],
-                         "MODEL.GLIP_FPN.IN_FEATURES", ["res3", "res4", "res5"],
-                         "MODEL.BACKBONE.FREEZE_AT", 2])
+    cfg.merge_from_list(
+        [
+            "MODEL.BACKBONE.NAME",
+            "build_glip_resnet_fpn_backbone",
+            "MODEL.RESNETS.DEPTH",
+            50,
+            "MODEL.RESNETS.NORM",
+            "BN",
+            "MODEL.RESNETS.OUT_FEATURES",
+            ["res3", "res4", "res5"],
+            "MODEL.GLIP_FPN.IN_FEATURES",
+            ["res3", "res4", "res5"],
+            "MODEL.BACKBONE.FREEZE_AT",
+            2,
+        ]
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
