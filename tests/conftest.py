@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -93,3 +94,48 @@ def toy_dataset(tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+# ---------------------------------------------------------------------------- parity fixture
+
+#: The official recorded forward pass (any fixture of the same format via the variable).
+PARITY_FIXTURE = Path(
+    os.environ.get(
+        "GLIP_PARITY_FIXTURE",
+        Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "parity",
+    )
+).resolve()
+
+
+@pytest.fixture(scope="session")
+def parity_cfg(tmp_path_factory):
+    """The glip_d2 config of the parity fixture, converted from its official ``config.yaml``
+    and ``bert_config.json`` by ``tools/convert_glip_config.py`` (CPU, not frozen)."""
+    import subprocess
+    import sys
+
+    from detectron2.config import get_cfg
+
+    from glip_d2.config import add_glip_config
+
+    if not (PARITY_FIXTURE / "model.pth").is_file():
+        pytest.skip(f"parity fixture not found at {PARITY_FIXTURE}")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("parity") / "glip_parity.yaml"
+    cmd = [
+        sys.executable,
+        str(root / "tools" / "convert_glip_config.py"),
+        str(PARITY_FIXTURE / "config.yaml"),
+        "-o",
+        str(out),
+        "--bert-config",
+        str(PARITY_FIXTURE / "bert_config.json"),
+        "--quiet",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(str(out))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg

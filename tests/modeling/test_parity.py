@@ -6,17 +6,12 @@ any fixture of the same format works: the glip_d2 config is built from the fixtu
 """
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-
-from glip_d2.config import add_glip_config
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(
@@ -34,24 +29,8 @@ def _load(name):
 
 
 @pytest.fixture(scope="module")
-def parity(tmp_path_factory):
-    out = tmp_path_factory.mktemp("parity") / "glip_parity.yaml"
-    cmd = [
-        sys.executable,
-        str(ROOT / "tools" / "convert_glip_config.py"),
-        str(FIXTURE / "config.yaml"),
-        "-o",
-        str(out),
-        "--bert-config",
-        str(FIXTURE / "bert_config.json"),
-        "--quiet",
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert res.returncode == 0, res.stderr
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(str(out))
-    cfg.MODEL.DEVICE = "cpu"
+def parity(parity_cfg):
+    cfg = parity_cfg.clone()
     cfg.freeze()
     torch.manual_seed(0)
     model = build_model(cfg)
