@@ -135,6 +135,27 @@ class GLIPTrainer(DefaultTrainer):
             if not self.rng_state.restore():
                 logger.warning("The checkpoint has no RNG state: resumption is not exact")
 
+    def state_dict(self):
+        """The trainer's checkpoint state, including the inner trainer's (the optimizer, and
+        the AMP grad scaler). Detectron2 v0.6's ``DefaultTrainer`` saves only the iteration and
+        the hooks, so a resumed AdamW would restart from empty moments; later releases add
+        ``_trainer`` themselves, which is kept as is."""
+        ret = super().state_dict()
+        if "_trainer" not in ret:
+            ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "load_state_dict" in DefaultTrainer.__dict__:
+            return  # this Detectron2 restores the inner trainer itself
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning(
+                "The checkpoint has no optimizer state: the optimizer starts afresh"
+            )
+
     def build_hooks(self):
         """DefaultTrainer's hooks, plus the EMA update right after the optimizer step; with
         ``TEST.USE_EMA`` the periodic and final evaluations run on the EMA weights."""
