@@ -31,6 +31,13 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    if (
+        cfg.MODEL.DEVICE == "cpu"
+        and comm.get_local_size() > 1
+        and "OMP_NUM_THREADS" not in os.environ
+    ):
+        # Several training processes on one CPU machine share its cores.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
     return cfg
 
