@@ -152,9 +152,7 @@ class GLIPTrainer(DefaultTrainer):
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
-            logger.warning(
-                "The checkpoint has no optimizer state: the optimizer starts afresh"
-            )
+            logger.warning("The checkpoint has no optimizer state: the optimizer starts afresh")
 
     def build_hooks(self):
         """DefaultTrainer's hooks, plus the EMA update right after the optimizer step; with
