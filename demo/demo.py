@@ -43,6 +43,7 @@ from glip_d2.engine.visualize import draw_instances
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 logger = logging.getLogger("glip_d2.demo")
 
@@ -58,13 +59,13 @@ def expand_inputs(patterns: List[str]) -> List[str]:
     for pattern in patterns:
         if os.path.isdir(pattern):
             found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern))]
-            found = [f for f in found if f.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)]
+            found = [f for f in found if f.lower().endswith(MEDIA_EXTENSIONS)]
         else:
             found = sorted(glob.glob(os.path.expanduser(pattern)))
         if not found:
             raise FileNotFoundError(f"--input {pattern!r} matches no image or video")
         for path in found:
-            if not path.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS):
+            if not path.lower().endswith(MEDIA_EXTENSIONS):
                 raise ValueError(
                     f"--input {path!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a "
                     f"video ({', '.join(VIDEO_EXTENSIONS)})"
@@ -206,19 +207,18 @@ def main(argv=None) -> int:
             spans = noun_phrase_spans(args.prompt, cfg.INPUT.PROMPT.SPACY_MODEL)
             if not spans:
                 raise ValueError(f"--prompt {args.prompt!r} has no noun phrase; pass --phrases")
-        predictor.encode_caption(args.prompt, spans)  # fails early on a too long caption
         names = [args.prompt[s[0][0] : s[0][1]] for s in spans]
-        query, query_spans = args.prompt, spans
+        chunks = predictor.encode_caption(args.prompt, spans)
     else:
         names = list(args.categories)
-        query, query_spans = names, None
+        chunks = predictor.encode_categories(names)
     logger.info("Grounding %d phrase(s): %s", len(names), names)
 
     os.makedirs(args.output, exist_ok=True)
     writer = DetectionWriter(names)
 
     def run(frames: List[np.ndarray]):
-        outputs = predictor.predict_batch(frames, query, query_spans)
+        outputs = predictor.predict_encoded(frames, chunks)
         results = []
         for frame, out in zip(frames, outputs):
             inst = out["instances"].to("cpu")

@@ -136,7 +136,11 @@ class GLIPPredictor:
 
     def predict_batch(self, images_bgr: Sequence[np.ndarray], prompt, phrase_spans=None):
         """Like ``__call__`` for several images with one prompt, in one batch."""
-        chunks = self.encode_prompt(prompt, phrase_spans)
+        return self.predict_encoded(images_bgr, self.encode_prompt(prompt, phrase_spans))
+
+    def predict_encoded(self, images_bgr: Sequence[np.ndarray], chunks: List[Dict]):
+        """``predict_batch`` with a prompt already encoded by ``encode_prompt`` (encode once,
+        then run it on many batches, e.g. the frames of a video)."""
         inputs = []
         for image in images_bgr:
             x = self.preprocess(image)
