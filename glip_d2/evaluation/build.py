@@ -7,19 +7,60 @@ The dataset's ``evaluator_type`` (in ``MetadataCatalog``) selects a factory from
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
 
+from ..data.annotation_checks import check_evaluation_ground_truth
 from .flickr_evaluation import FlickrEvaluator
 from .lvis_evaluation import LVISFixedAPEvaluator, LVISStandardEvaluator
 from .refexp_evaluation import RefExpEvaluator
 
 
+def check_coco_ground_truth(dataset_name: str) -> None:
+    """Raise if the ground truth that ``COCOEvaluator`` will read has an invalid box.
+
+    ``COCOEvaluator`` reads the metadata ``json_file`` itself (not the loader's checked
+    records), so a NaN or empty box there would be scored as given; without ``json_file`` it
+    converts the dataset's records, which are checked instead. The rule and the error are
+    those of :func:`glip_d2.data.annotation_checks.check_evaluation_ground_truth`.
+
+    Args:
+        dataset_name (str): a registered dataset.
+
+    Raises:
+        ValueError: names the invalid annotations, their images and the json file.
+    """
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+    if json_file:
+        with PathManager.open(json_file, "r") as f:
+            dataset = json.load(f)
+    else:
+        json_file = f"records of DatasetCatalog '{dataset_name}'"
+        dataset = _records_as_coco(DatasetCatalog.get(dataset_name))
+    check_evaluation_ground_truth(dataset, json_file, dataset_name)
+
+
+def _records_as_coco(records: List[Dict[str, Any]]) -> Dict[str, list]:
+    # The boxes COCOEvaluator's conversion will write, with the records' own ids (the
+    # conversion renumbers annotations).
+    images, anns = [], []
+    for r in records:
+        images.append({"id": r["image_id"], "height": r.get("height"), "width": r.get("width")})
+        for a in r.get("annotations", []):
+            bbox = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYWH_ABS)
+            anns.append({"id": a.get("id"), "image_id": r["image_id"], "bbox": bbox})
+    return {"images": images, "annotations": anns}
+
+
 def _coco(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    check_coco_ground_truth(dataset_name)
     return COCOEvaluator(
         dataset_name,
         tasks=("bbox",),
@@ -87,6 +128,9 @@ def build_evaluator(
 
     Raises:
         KeyError: the dataset has no ``evaluator_type`` or one with no entry in the table.
+        ValueError: ``coco``/``odinw``/``lvis`` ground truth has an invalid box (NaN or
+            infinite, zero or negative size, outside its image); the message names the
+            annotations, their images and the json file.
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)

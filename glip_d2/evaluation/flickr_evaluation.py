@@ -28,6 +28,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 
+from ..data.datasets.mdetr_grounding import derive_eval_phrases
 from .grounding_utils import box_iou, gather_predictions, phrase_gt_boxes, ranked_detections
 
 __all__ = ["FlickrEvaluator", "merge_boxes", "parse_flickr30k_sentences", "phrase_recall_hits"]
@@ -118,17 +119,21 @@ def parse_flickr30k_sentences(text: str) -> List[List[Tuple[Tuple[int, int], Lis
 
 class FlickrEvaluator(DatasetEvaluator):
     """Flickr30K entities Recall@k (``evaluator_type`` ``"flickr30k"``; also ``"grounding"``,
-    the same recalls on any MDETR-format set with ``tokens_positive_eval``).
+    the same recalls on any MDETR-format set).
 
     Ground truth comes from ``DatasetCatalog.get(dataset_name)`` (the MDETR-format records of
     :func:`glip_d2.data.datasets.mdetr_grounding.load_mdetr_grounding_json`); each record is one
     sentence and needs ``image_id``, ``tokens_positive_eval`` (phrase ``k`` of the prompt = entry
     ``k``) and ``annotations`` with ``bbox``/``bbox_mode``/``tokens_positive`` (see
-    :func:`~glip_d2.evaluation.grounding_utils.phrase_gt_boxes`). Phrase types come from a
-    record's ``phrase_types`` (per phrase, a type or a list of types) when present, else from the
-    Flickr30K entities ``Sentences`` folder (``sentences_dir`` or metadata
-    ``flickr30k_sentences_dir``, read with the records' ``original_img_id`` and
-    ``sentence_id``); without either only the overall recalls are reported.
+    :func:`~glip_d2.evaluation.grounding_utils.phrase_gt_boxes`). A record without
+    ``tokens_positive_eval`` gets the phrases of
+    :func:`~glip_d2.data.datasets.mdetr_grounding.derive_eval_phrases` (the MDETR loader
+    already adds them; an INFO line says so). Recalls over zero evaluated phrases are an error,
+    never NaN. Phrase types come from a record's ``phrase_types`` (per phrase, a type or a list
+    of types) when present, else from the Flickr30K entities ``Sentences`` folder
+    (``sentences_dir`` or metadata ``flickr30k_sentences_dir``, read with the records'
+    ``original_img_id`` and ``sentence_id``); without either only the overall recalls are
+    reported.
 
     Predictions: ``pred_classes`` is the phrase index ``k``; boxes are ``XYXY_ABS`` in original
     pixels. The ranked detections are written to ``<output_dir>/flickr30k_predictions.json``.
@@ -232,8 +237,12 @@ class FlickrEvaluator(DatasetEvaluator):
         hits = {p: {k: defaultdict(int) for k in self._topk} for p in PROTOCOLS}
         totals = {p: defaultdict(int) for p in PROTOCOLS}
         type_cache: Dict[Any, Any] = {}
-        missing, no_gt, extra_labels = 0, 0, 0
+        missing, no_gt, extra_labels, derived = 0, 0, 0, 0
         for image_id, record in records.items():
+            if "tokens_positive_eval" not in record:
+                derived += 1
+                phrases = derive_eval_phrases(record.get("annotations", []))
+                record = {**record, "tokens_positive_eval": phrases}
             gt_per_phrase = phrase_gt_boxes(record)
             if not any(len(g) for g in gt_per_phrase):
                 continue
@@ -263,10 +272,23 @@ class FlickrEvaluator(DatasetEvaluator):
                         for k, hit in result.items():
                             hits[protocol][k][cat] += int(hit)
 
+        if derived:
+            logger.info(
+                f"{derived} sentences of '{self._dataset_name}' have no tokens_positive_eval; "
+                "their phrases are derived from the annotations' tokens_positive"
+            )
         if missing:
             logger.warning(
                 f"{missing} sentences of '{self._dataset_name}' have no predictions and are not "
                 "evaluated"
+            )
+        if totals["separate"]["all"] == 0:
+            raise ValueError(
+                f"Phrase grounding of dataset '{self._dataset_name}': no phrase to evaluate "
+                f"({len(records)} sentences, {len(by_image)} with predictions, {missing} "
+                f"without, {no_gt} phrases without a ground-truth box). Some sentence needs a "
+                "phrase (tokens_positive_eval, or annotations with tokens_positive) with a valid "
+                "ground-truth box, and predictions for its image_id."
             )
         if no_gt:
             logger.warning(f"{no_gt} evaluated phrases have no ground-truth box and are skipped")
@@ -297,14 +319,13 @@ class FlickrEvaluator(DatasetEvaluator):
         for cat in cats:
             for k in self._topk:
                 name = self._metric_name(k) + ("" if cat == "all" else f"_{cat}")
-                out[name] = 100.0 * hits[k][cat] / totals[cat] if totals[cat] else float("nan")
+                out[name] = 100.0 * hits[k][cat] / totals[cat]  # totals > 0: checked above
         return out
 
     def _log_table(self, protocol: str, hits, totals) -> None:
         cats = ["all"] + sorted(c for c in totals if c != "all")
         rows = [
-            [self._metric_name(k)]
-            + [100.0 * hits[k][c] / totals[c] if totals[c] else float("nan") for c in cats]
+            [self._metric_name(k)] + [100.0 * hits[k][c] / totals[c] for c in cats]
             for k in self._topk
         ]
         table = tabulate(rows, headers=["Recall (%)"] + cats, floatfmt=".2f", tablefmt="pipe")

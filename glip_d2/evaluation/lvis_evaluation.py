@@ -31,6 +31,8 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from ..data.annotation_checks import check_evaluation_ground_truth
+
 __all__ = [
     "LVISFixedAPEvaluator",
     "LVISStandardEvaluator",
@@ -105,6 +107,14 @@ def topk_per_category(categories: np.ndarray, scores: np.ndarray, k: int) -> np.
     return np.sort(order[rank < k]).astype(np.int64)
 
 
+def _check_ground_truth(evaluator: LVISEvaluator, dataset_name: str) -> None:
+    # The LVIS API scores the json as read: an invalid box is an error naming it (the rule of
+    # glip_d2.data.annotation_checks), never a silently wrong AP.
+    check_evaluation_ground_truth(
+        evaluator._lvis_api.dataset, evaluator._metadata.json_file, dataset_name
+    )
+
+
 class LVISStandardEvaluator(LVISEvaluator):
     """Detectron2's ``LVISEvaluator`` (box AP, ``max_dets_per_image`` per image, 300 by default).
 
@@ -114,9 +124,14 @@ class LVISStandardEvaluator(LVISEvaluator):
     """
 
     def __init__(self, dataset_name: str, *args, **kwargs):
-        """Arguments as Detectron2's ``LVISEvaluator``."""
+        """Arguments as Detectron2's ``LVISEvaluator``.
+
+        Raises:
+            ValueError: the ground-truth json has an invalid box (names it).
+        """
         _require_lvis()
         super().__init__(dataset_name, *args, **kwargs)
+        _check_ground_truth(self, dataset_name)
 
     def process(self, inputs, outputs):
         max_dets = 300 if self._max_dets_per_image is None else self._max_dets_per_image
@@ -171,6 +186,9 @@ class LVISFixedAPEvaluator(LVISEvaluator):
             topk_per_category (int): detections kept per category over the dataset.
             min_buffer (int): detections buffered before the first pruning; pruning then runs
                 whenever the buffer is as large as the kept set (amortised ``O(N log N)``).
+
+        Raises:
+            ValueError: the ground-truth json has an invalid box (names it).
         """
         _require_lvis()
         super().__init__(
@@ -180,6 +198,7 @@ class LVISFixedAPEvaluator(LVISEvaluator):
             output_dir=output_dir,
             max_dets_per_image=-1,
         )
+        _check_ground_truth(self, dataset_name)
         if topk_per_category <= 0:
             raise ValueError(f"topk_per_category must be positive, got {topk_per_category}")
         self._topk = int(topk_per_category)

@@ -38,7 +38,8 @@ class RefExpEvaluator(DatasetEvaluator):
     Predictions are ``XYXY_ABS`` boxes in original pixels. The ranked top boxes are written to
     ``<output_dir>/refexp_predictions.json``.
 
-    Results: ``{"refexp": {"P@1", "P@5", "P@10"}}`` in percent.
+    Results: ``{"refexp": {"P@1", "P@5", "P@10"}}`` in percent. Zero evaluated expressions
+    (no record with both a box and predictions) are an error, never NaN.
     """
 
     def __init__(
@@ -123,6 +124,12 @@ class RefExpEvaluator(DatasetEvaluator):
             )
         if no_gt:
             logger.warning(f"{no_gt} records of '{self._dataset_name}' have no box; skipped")
+        if count == 0:
+            raise ValueError(
+                f"Referring expressions of dataset '{self._dataset_name}': no expression to "
+                f"evaluate ({len(records)} records, {no_gt} without a box, {missing} without "
+                "predictions); accuracy over zero expressions is undefined"
+            )
 
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
@@ -131,9 +138,7 @@ class RefExpEvaluator(DatasetEvaluator):
             with PathManager.open(path, "w") as f:
                 json.dump(list(by_image.values()), f)
 
-        metrics = {
-            f"P@{k}": 100.0 * correct[k] / count if count else float("nan") for k in self._topk
-        }
+        metrics = {f"P@{k}": 100.0 * correct[k] / count for k in self._topk}
         logger.info(
             f"Referring expressions '{self._dataset_name}' ({count} expressions, "
             f"{self._iou_type.upper()} >= {self._iou_threshold}):\n" + create_small_table(metrics)

@@ -18,6 +18,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from ..annotation_checks import InvalidBoxReport, check_annotation_box, report_invalid_boxes
+
 __all__ = ["load_coco_grounding_json", "register_coco_grounding", "require_file"]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,10 @@ def load_coco_grounding_json(
     Categories are sorted by json id; contiguous ids ``0..K-1`` follow that order. LVIS-style
     image entries without ``file_name`` use the last two parts of ``coco_url``.
 
+    Invalid boxes follow :mod:`glip_d2.data.annotation_checks`: NaN/infinite, zero or negative
+    size, or no area inside the image: dropped; partly outside the image: clipped. Both are
+    counted and logged in one WARNING per dataset naming the first annotation and image ids.
+
     Args:
         json_file (str): the COCO-format annotation file.
         image_root (str): folder that image ``file_name`` entries are relative to.
@@ -97,7 +103,7 @@ def load_coco_grounding_json(
     Raises:
         FileNotFoundError: the json file is missing (the message names it).
         ValueError: the json has no categories, or an annotation refers to an unknown
-            category or image, or has a malformed box.
+            category or image, or has a malformed box (not four numbers).
     """
     require_file(json_file, dataset_name)
     with PathManager.open(json_file, "r") as f:
@@ -118,6 +124,7 @@ def load_coco_grounding_json(
     prompt_prefixes = [p.get("prefix", "") for p in cp]
     prompt_suffixes = [p.get("suffix", "") for p in cp]
 
+    report = InvalidBoxReport(where)
     records: Dict[Any, Dict[str, Any]] = {}
     for img in data.get("images", []):
         file_name = None if file_name_from_coco_url else img.get("file_name")
@@ -149,19 +156,20 @@ def load_coco_grounding_json(
                 f"{where}: annotation {ann_id} has category_id {ann.get('category_id')}, "
                 "which is not in the category list"
             )
-        bbox = ann.get("bbox")
-        if bbox is None or len(bbox) != 4:
-            raise ValueError(f"{where}: annotation {ann_id} has a malformed bbox {bbox}")
+        check = check_annotation_box(ann, record, report, where)
+        if check.bbox is None:
+            continue
         record["annotations"].append(
             {
                 "id": ann_id,
-                "bbox": [float(v) for v in bbox],
+                "bbox": check.bbox,
                 "bbox_mode": BoxMode.XYWH_ABS,
                 "category_id": id_map[ann["category_id"]],
                 "iscrowd": int(ann.get("iscrowd", 0)),
             }
         )
 
+    report_invalid_boxes(report, dataset_name)
     if dataset_name is not None:
         MetadataCatalog.get(dataset_name).set(
             thing_classes=thing_classes,

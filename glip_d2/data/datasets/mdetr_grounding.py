@@ -4,6 +4,11 @@ Format (reference §10; MDETR's ``final_*.json``): one image entry per (image, c
 ``caption`` and metadata (``tokens_positive_eval``, ``sentence_id``, ``original_img_id``,
 ``dataset_name``, ``data_source`` for the mixed set); each annotation has a box (xywh) and
 ``tokens_positive``, a list of ``[start, end)`` **character** spans into the caption.
+
+An image without ``tokens_positive_eval`` (a user's own set) gets evaluation phrases derived
+from its annotations: one phrase per distinct (sorted) ``tokens_positive`` list of its non-crowd
+annotations, in caption order, which is how the mapper groups the boxes of a caption into
+phrases for training. Invalid boxes follow :mod:`glip_d2.data.annotation_checks`.
 """
 
 from __future__ import annotations
@@ -11,16 +16,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from ..annotation_checks import InvalidBoxReport, check_annotation_box, report_invalid_boxes
 from ..prompts.text import check_char_spans
 from .coco_grounding import require_file
 
-__all__ = ["load_mdetr_grounding_json", "register_mdetr_grounding"]
+__all__ = ["derive_eval_phrases", "load_mdetr_grounding_json", "register_mdetr_grounding"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,10 @@ ImageRoot = Union[str, Mapping[str, str]]
 # Image-level keys kept as they are (evaluation needs them); MDETR's own ``dataset_name`` is
 # renamed, as ``dataset_name`` holds the registered name.
 _IMAGE_KEYS = ("sentence_id", "original_img_id", "original_id", "task_id", "data_source")
+
+# (dataset, count) pairs already told that their evaluation phrases are derived: a dataset is
+# loaded again for each evaluation.
+_DERIVED_LOGGED: Set[Tuple[str, int]] = set()
 
 
 def _image_folder(image_root: ImageRoot, img: Mapping[str, Any], where: str) -> str:
@@ -41,6 +51,26 @@ def _image_folder(image_root: ImageRoot, img: Mapping[str, Any], where: str) -> 
             f"image_root (known: {sorted(image_root)})"
         )
     return image_root[source]
+
+
+def derive_eval_phrases(annotations: Sequence[Mapping[str, Any]]) -> List[List[List[int]]]:
+    """Evaluation phrases of a caption from its annotations, for images without
+    ``tokens_positive_eval``.
+
+    Args:
+        annotations: the record's annotations (``tokens_positive``: **character** spans;
+            crowd annotations are ignored, as the mapper ignores them).
+
+    Returns:
+        list: per phrase, its list of ``[start, end)`` character spans: one phrase per distinct
+        sorted span list, in caption order (the mapper's grouping of a caption's boxes).
+    """
+    keys = {
+        tuple(sorted((int(s), int(e)) for s, e in ann["tokens_positive"]))
+        for ann in annotations
+        if ann.get("tokens_positive") and not ann.get("iscrowd", 0)
+    }
+    return [[[s, e] for s, e in key] for key in sorted(keys)]
 
 
 def load_mdetr_grounding_json(
@@ -56,15 +86,16 @@ def load_mdetr_grounding_json(
 
     Returns:
         list[dict]: records with ``file_name``, ``height``, ``width``, ``image_id``,
-        ``caption``, ``dataset_name``, optional ``tokens_positive_eval`` (per phrase, a list
-        of character spans), ``sentence_id``, ``original_img_id``, ``mdetr_dataset_name``...,
+        ``caption``, ``dataset_name``, ``tokens_positive_eval`` (per phrase, a list of
+        character spans; derived by :func:`derive_eval_phrases` where the json has none; an
+        INFO line says how many), ``sentence_id``, ``original_img_id``, ``mdetr_dataset_name``...,
         and ``annotations`` with ``bbox`` (``XYWH_ABS``), ``category_id`` 0, ``iscrowd``,
         ``id`` and ``tokens_positive`` (character spans).
 
     Raises:
         FileNotFoundError: the json file is missing.
-        ValueError: an empty caption (names the image id) or a span outside its caption
-            (names the annotation id).
+        ValueError: an empty caption (names the image id), a span outside its caption or a
+            box that is not four numbers (names the annotation id).
     """
     require_file(json_file, dataset_name)
     with PathManager.open(json_file, "r") as f:
@@ -99,6 +130,7 @@ def load_mdetr_grounding_json(
             ]
         records[img["id"]] = record
 
+    report = InvalidBoxReport(where)
     no_text = 0
     for ann in data.get("annotations", []):
         ann_id = ann.get("id")
@@ -110,12 +142,12 @@ def load_mdetr_grounding_json(
             no_text += 1
             continue
         check_char_spans(record["caption"], spans, f"{where}: annotation {ann_id}")
-        bbox = ann.get("bbox")
-        if bbox is None or len(bbox) != 4:
-            raise ValueError(f"{where}: annotation {ann_id} has a malformed bbox {bbox}")
+        check = check_annotation_box(ann, record, report, where)
+        if check.bbox is None:
+            continue
         out = {
             "id": ann_id,
-            "bbox": [float(v) for v in bbox],
+            "bbox": check.bbox,
             "bbox_mode": BoxMode.XYWH_ABS,
             "category_id": 0,
             "iscrowd": int(ann.get("iscrowd", 0)),
@@ -126,6 +158,17 @@ def load_mdetr_grounding_json(
         record["annotations"].append(out)
     if no_text:
         logger.warning(f"{where}: dropped {no_text} annotations without tokens_positive")
+    report_invalid_boxes(report, dataset_name)
+    derived = [r for r in records.values() if "tokens_positive_eval" not in r]
+    for record in derived:
+        record["tokens_positive_eval"] = derive_eval_phrases(record["annotations"])
+    if derived and (where, len(derived)) not in _DERIVED_LOGGED:
+        _DERIVED_LOGGED.add((where, len(derived)))
+        logger.info(
+            f"{where}: {len(derived)} of {len(records)} images have no tokens_positive_eval; "
+            "their evaluation phrases are derived from the annotations' tokens_positive (one "
+            "phrase per distinct span list, in caption order)"
+        )
     return [records[k] for k in sorted(records)]
 
 
