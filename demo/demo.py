@@ -15,11 +15,22 @@ caption) or, by default, its noun phrases found by spaCy (``INPUT.PROMPT.SPACY_M
 Writes to ``--output``:
 
 * one picture per image (``<name>.png``) and one video per input video (``<name>.mp4``), the
-  boxes drawn by Detectron2's ``Visualizer`` and labelled with the grounded phrase and score;
-* ``detections.json`` in COCO format: ``images`` (file name, size; for video frames also
-  ``video`` and ``frame_index``), ``categories`` (id = 1 + index into the categories or phrases,
-  name) and ``annotations`` (xywh ``bbox`` in original pixels, ``score``, ``category_id``). It
-  loads with ``pycocotools.coco.COCO``.
+  boxes drawn by Detectron2's ``Visualizer``. Each object gets one label, its best-scoring
+  phrase and score: a detection whose box overlaps a better one with IoU above
+  ``--draw-iou-threshold`` (default 0.6, any phrase) is not drawn (1 draws every detection).
+  Images whose shorter side is under 600 pixels are drawn larger, so labels stay readable.
+  ``<name>`` is the input's file stem; inputs that share a stem are named by their path below
+  their common folder (``a/x.png``, ``b/x.png`` -> ``a_x.png``, ``b_x.png``), and a name that
+  is still taken gets ``-2``, ``-3``, ...;
+* ``detections.json`` in COCO format, with every detection above ``--confidence-threshold``
+  (not only the drawn ones): ``images`` (file name, size, ``picture``: the written picture or
+  video; for video frames also ``video`` and ``frame_index``), ``categories`` (id = 1 + index
+  into the categories or phrases, name) and ``annotations`` (xywh ``bbox`` in original
+  pixels, ``score``, ``category_id``). It loads with ``pycocotools.coco.COCO``.
+
+An input that cannot be read (a corrupt image, a video without a readable frame) is skipped
+with a warning naming it; everything else is still written, the last log line counts the
+skipped inputs and the exit code is 1 (0 when every input was read).
 """
 
 import argparse
@@ -28,7 +39,8 @@ import json
 import logging
 import os
 import sys
-from typing import Iterator, List, Tuple
+from collections import defaultdict
+from typing import Dict, Iterator, List, Tuple
 
 import cv2
 import numpy as np
@@ -39,7 +51,7 @@ from detectron2.utils.logger import setup_logger
 from glip_d2.config import add_glip_config
 from glip_d2.engine import GLIPPredictor
 from glip_d2.engine.predictor import noun_phrase_spans
-from glip_d2.engine.visualize import draw_instances
+from glip_d2.engine.visualize import DRAW_IOU_THRESHOLD, draw_instances
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -72,6 +84,36 @@ def expand_inputs(patterns: List[str]) -> List[str]:
                 )
         paths.extend(found)
     return paths
+
+
+def output_names(paths: List[str]) -> Dict[str, str]:
+    """The picture (``.png``) or video (``.mp4``) file name of each input, unique per distinct
+    input file: the file stem; inputs that share a stem are named by their path below their
+    common folder with ``_`` for separators; a name still taken gets ``-2``, ``-3``, ..."""
+    absolute = {p: os.path.normpath(os.path.abspath(p)) for p in paths}
+    distinct = list(dict.fromkeys(absolute.values()))
+
+    def default_name(path: str) -> str:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return stem + (".mp4" if is_video(path) else ".png")
+
+    sharing = defaultdict(list)
+    for path in distinct:
+        sharing[default_name(path)].append(path)
+    names, taken = {}, set()
+    for path in distinct:
+        group = sharing[default_name(path)]
+        stem, ext = os.path.splitext(default_name(path))
+        if len(group) > 1:
+            relative = os.path.relpath(path, os.path.commonpath(group))
+            stem = os.path.splitext(relative)[0].replace(os.sep, "_")
+        name, k = stem + ext, 1
+        while name in taken:
+            k += 1
+            name = f"{stem}-{k}{ext}"
+        taken.add(name)
+        names[path] = name
+    return {p: names[absolute[p]] for p in paths}
 
 
 def phrase_spans(prompt: str, phrases: List[str]) -> List[List[List[int]]]:
@@ -180,6 +222,13 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="folder for pictures, videos and json")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument(
+        "--draw-iou-threshold",
+        type=float,
+        default=DRAW_IOU_THRESHOLD,
+        help="pictures draw one label per object: a detection whose box overlaps a better one "
+        "with IoU above this is not drawn (1: draw all; detections.json keeps all)",
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=1, help="images or video frames per forward pass"
     )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
@@ -188,9 +237,12 @@ def main(argv=None) -> int:
         parser.error("--phrases goes with --prompt")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if not 0.0 <= args.draw_iou_threshold <= 1.0:
+        parser.error("--draw-iou-threshold must be in [0, 1]")
     setup_logger(name="glip_d2")
 
     paths = expand_inputs(args.input)
+    names_out = output_names(paths)
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -216,6 +268,7 @@ def main(argv=None) -> int:
 
     os.makedirs(args.output, exist_ok=True)
     writer = DetectionWriter(names)
+    skipped: List[str] = []
 
     def run(frames: List[np.ndarray]):
         outputs = predictor.predict_encoded(frames, chunks)
@@ -223,8 +276,13 @@ def main(argv=None) -> int:
         for frame, out in zip(frames, outputs):
             inst = out["instances"].to("cpu")
             inst = inst[inst.scores >= args.confidence_threshold]
-            results.append((inst, draw_instances(frame[:, :, ::-1], inst)[:, :, ::-1]))
+            picture = draw_instances(frame[:, :, ::-1], inst, iou_threshold=args.draw_iou_threshold)
+            results.append((inst, picture[:, :, ::-1]))
         return results
+
+    def skip(path: str, why: str):
+        logger.warning("Skipping %s: %s", path, why)
+        skipped.append(path)
 
     pending: List[Tuple[str, np.ndarray]] = []
 
@@ -232,29 +290,32 @@ def main(argv=None) -> int:
         if not pending:
             return
         for (path, image), (inst, picture) in zip(pending, run([im for _, im in pending])):
-            stem = os.path.splitext(os.path.basename(path))[0]
-            cv2.imwrite(os.path.join(args.output, stem + ".png"), picture)
+            cv2.imwrite(os.path.join(args.output, names_out[path]), picture)
             info = {"file_name": path, "height": image.shape[0], "width": image.shape[1]}
-            writer.add(info, inst)
-            logger.info("%s: %d detections", path, len(inst))
+            writer.add(dict(info, picture=names_out[path]), inst)
+            logger.info("%s: %d detections -> %s", path, len(inst), names_out[path])
         pending.clear()
 
     for k, path in enumerate(paths):
         if not is_video(path):
             image = cv2.imread(path, cv2.IMREAD_COLOR)
             if image is None:
-                raise OSError(f"Cannot read image {path}")
+                skip(path, "cannot be read as an image (corrupt, empty or not an image file)")
+                continue
             pending.append((path, image))
             if len(pending) == args.batch_size:
                 flush_images()
             continue
         flush_images()
-        stem = os.path.splitext(os.path.basename(path))[0]
-        frames, fps, count = video_frames(path)
-        out_path = os.path.join(args.output, stem + ".mp4")
+        try:
+            frames, fps, count = video_frames(path)
+        except OSError as e:
+            skip(path, str(e))
+            continue
+        out_path = os.path.join(args.output, names_out[path])
         video, index = None, 0
         for batch in batched(frames, args.batch_size):
-            for inst, picture in run(batch):
+            for frame, (inst, picture) in zip(batch, run(batch)):
                 if video is None:
                     h, w = picture.shape[:2]
                     fourcc = cv2.VideoWriter_fourcc(*"mp4v")
@@ -263,16 +324,31 @@ def main(argv=None) -> int:
                         raise OSError(f"Cannot write video {out_path}")
                 video.write(np.ascontiguousarray(picture))
                 info = {"file_name": path, "video": path, "frame_index": index}
-                writer.add(dict(info, height=picture.shape[0], width=picture.shape[1]), inst)
+                info.update(picture=names_out[path], height=frame.shape[0], width=frame.shape[1])
+                writer.add(info, inst)
                 index += 1
             logger.info("[%d/%d] %s: frame %d/%d", k + 1, len(paths), path, index, count)
         if video is None:
-            raise OSError(f"Video {path} has no readable frame")
+            skip(path, "the video has no readable frame")
+            continue
         video.release()
         logger.info("[%d/%d] %s: %d frames -> %s", k + 1, len(paths), path, index, out_path)
     flush_images()
     writer.write(os.path.join(args.output, "detections.json"))
-    logger.info("Wrote pictures and detections.json to %s", os.path.abspath(args.output))
+    logger.info(
+        "Wrote pictures and detections.json (%d images, %d detections) to %s",
+        len(writer.images),
+        len(writer.annotations),
+        os.path.abspath(args.output),
+    )
+    if skipped:
+        logger.warning(
+            "Skipped %d of %d inputs that could not be read: %s",
+            len(skipped),
+            len(paths),
+            ", ".join(skipped),
+        )
+        return 1
     return 0
 
 

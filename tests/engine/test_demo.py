@@ -3,6 +3,7 @@ categories or a caption, the COCO json, and noun phrases found by spaCy."""
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -76,14 +77,23 @@ def _image(seed, h=120, w=150):
     return img
 
 
-def _run(weights, tmp_path, *args):
+def _run(weights, tmp_path, *args, exit_code=0):
     out = tmp_path / "out"
     argv = ["--config-file", str(CONFIG), "--output", str(out)]
     argv += ["--confidence-threshold", str(THRESH), *args]
     argv += ["--opts", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights]
     argv += ["INPUT.PROMPT.SPACY_MODEL", SPACY_MODEL]
-    assert demo.main(argv) == 0
+    assert demo.main(argv) == exit_code
     return out, json.loads((out / "detections.json").read_text())
+
+
+@pytest.fixture
+def demo_log(caplog):
+    """The demo's log records (Detectron2's setup_logger stops them reaching the root)."""
+    logger = logging.getLogger("glip_d2.demo")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 def _assert_same(ann, inst):
@@ -128,6 +138,8 @@ def test_demo_images_globs_folders_and_video_with_categories(weights, predictor,
     # single, glob (img0, img1), folder (img0, img1, img2), then 3 video frames
     assert len(files) == 1 + 2 + 3 + 3
     assert [im.get("frame_index") for im in result["images"][-3:]] == [0, 1, 2]
+    # Sizes are the inputs' (also for video frames), not the enlarged pictures'.
+    assert {(im["height"], im["width"]) for im in result["images"]} == {(120, 150)}
     assert (out / "single.png").is_file() and (out / "img2.png").is_file()
     assert (out / "clip.mp4").is_file()
     assert result["annotations"], "the tiny model with a positive bias should detect something"
@@ -142,8 +154,8 @@ def test_demo_images_globs_folders_and_video_with_categories(weights, predictor,
             image = cv2.imread(image_info["file_name"])
         inst = predictor(image, categories)["instances"]
         _assert_same(coco.imgToAnns[image_info["id"]], inst)
-    # The drawn picture has the original size.
-    assert cv2.imread(str(out / "single.png")).shape == _image(7).shape
+    # A 120 x 150 image is drawn 5x larger (shorter side 600 px) so its labels are readable.
+    assert cv2.imread(str(out / "single.png")).shape == (600, 750, 3)
 
 
 def test_demo_prompt_with_phrases(weights, predictor, tmp_path):
@@ -206,3 +218,58 @@ def test_demo_errors_name_the_input(weights, tmp_path):
             "--phrases",
             "a green cat",
         )
+
+
+def test_demo_inputs_with_the_same_stem_get_their_own_pictures(weights, predictor, tmp_path):
+    for folder, seed in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "x.png"), _image(seed))
+    inputs = [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")]
+    out, result = _run(weights, tmp_path, "--input", *inputs, "--categories", "red square")
+
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_x.png", "b_x.png"]
+    assert [im["picture"] for im in result["images"]] == ["a_x.png", "b_x.png"]
+    assert not np.array_equal(cv2.imread(str(out / "a_x.png")), cv2.imread(str(out / "b_x.png")))
+    by_image = COCO(str(out / "detections.json")).imgToAnns
+    for image_info, seed in zip(result["images"], (1, 2)):
+        inst = predictor(_image(seed), ["red square"])["instances"]
+        _assert_same(by_image[image_info["id"]], inst)
+
+
+def test_output_names_are_unique():
+    names = demo.output_names(
+        ["a/x.png", "b/x.png", "a/x.jpg", "b/x.png", "y.png", "y.mp4", "a_x.png", "c/d/z.png"]
+    )
+    assert names == {
+        "a/x.png": "a_x.png",
+        "b/x.png": "b_x.png",
+        "a/x.jpg": "a_x-2.png",  # a/x.png and a/x.jpg: same folder, same stem
+        "y.png": "y.png",
+        "y.mp4": "y.mp4",  # a video and a picture do not collide
+        "a_x.png": "a_x-3.png",
+        "c/d/z.png": "z.png",
+    }
+
+
+def test_demo_skips_unreadable_inputs_and_writes_the_rest(weights, predictor, tmp_path, demo_log):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "good0.png"), _image(0))
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (images / "broken.avi").write_bytes(b"RIFF not a video")
+    cv2.imwrite(str(images / "good1.png"), _image(1))
+
+    out, result = _run(
+        weights, tmp_path, "--input", str(images), "--categories", "red square", exit_code=1
+    )
+
+    warnings = [r.getMessage() for r in demo_log.records if r.levelno == logging.WARNING]
+    assert any("broken.png" in w for w in warnings)
+    assert any("broken.avi" in w for w in warnings)
+    assert any("Skipped 2 of 4 inputs" in w for w in warnings)
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "good0.png", "good1.png"]
+    assert [Path(im["file_name"]).name for im in result["images"]] == ["good0.png", "good1.png"]
+    by_image = COCO(str(out / "detections.json")).imgToAnns
+    for image_info, seed in zip(result["images"], (0, 1)):
+        inst = predictor(_image(seed), ["red square"])["instances"]
+        _assert_same(by_image[image_info["id"]], inst)
