@@ -4,6 +4,8 @@
 python train_net.py --config-file configs/glip_swin_t.yaml
 python train_net.py --config-file configs/glip_swin_t.yaml --eval-only MODEL.WEIGHTS x.pth
 python train_net.py --config-file ... --num-gpus 8   (and --num-machines/--machine-rank)
+python train_net.py --config-file ... DATASETS.REGISTER "[{'NAME': 'my_train', 'FORMAT': 'coco',
+    'JSON_FILE': 'train.json', 'IMAGE_ROOT': 'images'}]" DATASETS.TRAIN "('my_train',)"
 """
 
 import logging
@@ -17,6 +19,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from glip_d2.config import add_glip_config
+from glip_d2.data import register_datasets_from_cfg
 from glip_d2.engine import GLIPTrainer
 from glip_d2.utils.checkpoint import GLIPCheckpointer
 
@@ -39,6 +42,8 @@ def setup(args):
         # Several training processes on one CPU machine share its cores.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
+    # Here, not in invoke_main: launch runs main in every process.
+    register_datasets_from_cfg(cfg)
     return cfg
 
 

@@ -156,6 +156,12 @@ def add_glip_config(cfg: CN) -> None:
     # Learning-rate milestones: values below 1 are fractions of MAX_ITER (official (0.67, 0.89)).
     _C.SOLVER.STEPS = (0.67, 0.89)
 
+    # Datasets registered from files before the loaders are built (train_net.py's setup, in every
+    # process), so that DATASETS.TRAIN / TEST can name them: a list of mappings
+    # {NAME, FORMAT ("coco" or "mdetr"), JSON_FILE, IMAGE_ROOT}; paths relative to the working
+    # directory. See glip_d2/data/datasets/from_config.py.
+    _C.DATASETS.REGISTER = []
+
     # Per-dataset repeat factor of DATASETS.TRAIN (official *_COPY); empty = 1 for each.
     _C.DATASETS.TRAIN_REPEAT = []
     # k-shot transfer: keep images until every category is in FEW_SHOT of them (0 = all data),

@@ -9,6 +9,7 @@ from .datasets import (
     load_coco_grounding_json,
     load_mdetr_grounding_json,
     register_coco_grounding,
+    register_datasets_from_cfg,
     register_glip_shapes,
     register_mdetr_grounding,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "load_mdetr_grounding_json",
     "prompts",
     "register_coco_grounding",
+    "register_datasets_from_cfg",
     "register_glip_shapes",
     "register_mdetr_grounding",
 ]
