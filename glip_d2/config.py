@@ -155,6 +155,9 @@ def add_glip_config(cfg: CN) -> None:
     _C.SOLVER.MODEL_EMA = 0.0  # EMA decay of the whole state dict; 0 disables
     # Learning-rate milestones: values below 1 are fractions of MAX_ITER (official (0.67, 0.89)).
     _C.SOLVER.STEPS = (0.67, 0.89)
+    # Weight decay x SOLVER.GAMMA once the iteration reaches this fraction of each SOLVER.STEPS
+    # milestone (official SOLVER.WEIGHT_DECAY_SCHEDULE, ratio 0.667, GLIP-L); 0 = constant.
+    _C.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.0
 
     # Datasets registered from files before the loaders are built (train_net.py's setup, in every
     # process), so that DATASETS.TRAIN / TEST can name them: a list of mappings

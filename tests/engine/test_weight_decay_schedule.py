@@ -86,8 +86,6 @@ def test_glip_l_drops_at_two_thirds_of_its_lr_milestones():
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.SOLVER.STEPS, cfg.SOLVER.MAX_ITER, cfg.SOLVER.GAMMA = (0.67, 0.89), 1_000_000, 0.1
-    if "WEIGHT_DECAY_SCHEDULE_RATIO" not in cfg.SOLVER:
-        cfg.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.0  # until config.py declares the key
     cfg.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.667
     assert lr_milestones(cfg.SOLVER.STEPS, cfg.SOLVER.MAX_ITER) == [670_000, 890_000]
     optimizer = _optimizer(_Toy())
@@ -108,8 +106,6 @@ def test_glip_l_drops_at_two_thirds_of_its_lr_milestones():
 def test_schedule_is_off_at_ratio_0_and_needs_milestones():
     cfg = get_cfg()
     add_glip_config(cfg)
-    if "WEIGHT_DECAY_SCHEDULE_RATIO" not in cfg.SOLVER:
-        cfg.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.0  # until config.py declares the key
     optimizer = _optimizer(_Toy())
     assert build_weight_decay_schedule(cfg, optimizer) is None
     cfg.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.667
