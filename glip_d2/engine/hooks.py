@@ -1,13 +1,15 @@
-"""Training hooks: model EMA (reference §14)."""
+"""Training hooks and checkpointables: model EMA (reference §14), RNG state."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 from detectron2.engine import HookBase
 from torch.nn.parallel import DistributedDataParallel
+
+from ..utils.rng import get_rng_state, set_rng_state
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -67,38 +69,25 @@ class EMAHook(HookBase):
 class RNGState:
     """The Python, NumPy and torch RNG states as a checkpointable (for exact resumption).
 
-    Loading keeps the state aside until :meth:`restore` is called, so that the trainer can
-    first replay the data loader to where the run stopped and then continue with the RNG
-    state the interrupted run had at that point.
+    Saved as tensors and plain Python values (:func:`glip_d2.utils.rng.get_rng_state`), so the
+    checkpoint loads with ``torch.load(weights_only=True)``; the earlier format (NumPy's state
+    tuple) still restores. Loading keeps the state aside until :meth:`restore` is called, so
+    that the trainer applies it when the data loader restarts at the resumed position.
     """
 
     def __init__(self):
         self._pending = None
 
-    def state_dict(self):
-        import random
+    def state_dict(self) -> Dict[str, Any]:
+        return get_rng_state()
 
-        import numpy as np
-
-        return {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-        }
-
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         self._pending = state
 
     def restore(self) -> bool:
         """Apply a loaded state; returns False if there was none."""
-        import random
-
-        import numpy as np
-
         if self._pending is None:
             return False
-        random.setstate(self._pending["python"])
-        np.random.set_state(self._pending["numpy"])
-        torch.set_rng_state(self._pending["torch"])
+        set_rng_state(self._pending)
         self._pending = None
         return True

@@ -11,11 +11,7 @@ from typing import Any, Dict, List
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import (
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.hooks import EvalHook
@@ -25,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data import GroundingDatasetMapper
 from ..data.few_shot import sample_few_shot
+from ..data.train_loader import ResumableTrainLoader, build_resumable_train_loader
 from ..evaluation import build_evaluator
 from ..utils.checkpoint import GLIPCheckpointer
 from .hooks import EMAHook, ModelEMA, RNGState, unwrap_model
@@ -116,6 +113,8 @@ class GLIPTrainer(DefaultTrainer):
             self.checkpointer.add_checkpointable("model_ema", self.ema)
         self.rng_state = RNGState()
         self.checkpointer.add_checkpointable("rng_state", self.rng_state)
+        if isinstance(data_loader, ResumableTrainLoader):
+            self.checkpointer.add_checkpointable("train_loader", data_loader)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -123,17 +122,35 @@ class GLIPTrainer(DefaultTrainer):
 
     def resume_or_load(self, resume: bool = True):
         """Detectron2's resume, made exact: after loading a checkpoint of iteration N, the
-        data loader replays its first N batches (not trained on) and the RNG states saved at N
-        are restored, so the run continues with the batches, augmentations and dropout masks
-        an uninterrupted run would have used (bit-identical with ``DATALOADER.NUM_WORKERS 0``
-        and a fixed ``SEED``)."""
+        training loader starts at batch N without mapping (or reading) the batches before it,
+        and the random states saved at N are restored when it starts, so the run continues with
+        the batches, augmentations and dropout masks an uninterrupted run would have used
+        (bit-identical with a fixed ``SEED``; see :mod:`glip_d2.data.train_loader`). A loader
+        of another kind (an overridden ``build_train_loader``) replays its first N batches."""
         super().resume_or_load(resume=resume)
-        if resume and self.start_iter > 0:
-            batches = self._trainer._data_loader_iter
-            for _ in range(self.start_iter):
-                next(batches)
-            if not self.rng_state.restore():
-                logger.warning("The checkpoint has no RNG state: resumption is not exact")
+        if not (resume and self.start_iter > 0):
+            return
+        # The checkpoint holds the main process's random states: other processes keep their
+        # own seeds (rank 0's states would make their augmentations and dropout repeat rank 0's).
+        main = comm.is_main_process()
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader):
+            loader.start_at(
+                self.start_iter, on_start=self._restore_rng_state if main else None, worker_rng=main
+            )
+            return
+        logger.info(
+            "The training loader cannot start at a batch: replaying %d batches", self.start_iter
+        )
+        batches = self._trainer._data_loader_iter
+        for _ in range(self.start_iter):
+            next(batches)
+        if main:
+            self._restore_rng_state()
+
+    def _restore_rng_state(self):
+        if not self.rng_state.restore():
+            logger.warning("The checkpoint has no RNG state: resumption is not exact")
 
     def state_dict(self):
         """The trainer's checkpoint state, including the inner trainer's (the optimizer, and
@@ -176,8 +193,16 @@ class GLIPTrainer(DefaultTrainer):
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer):
         """Warmup + multi-step; ``SOLVER.STEPS`` below 1 are fractions of ``MAX_ITER`` (the
-        official recipe writes (0.67, 0.89))."""
+        official recipe writes (0.67, 0.89)). A warm-up as long as the run is a warning: the LR
+        would never reach ``SOLVER.BASE_LR``."""
         max_iter = cfg.SOLVER.MAX_ITER
+        if cfg.SOLVER.WARMUP_ITERS >= max_iter and cfg.SOLVER.WARMUP_FACTOR < 1.0:
+            logger.warning(
+                f"SOLVER.WARMUP_ITERS ({cfg.SOLVER.WARMUP_ITERS}) >= SOLVER.MAX_ITER ({max_iter}): "
+                "the learning rate stays in warm-up for the whole run and never reaches "
+                f"SOLVER.BASE_LR ({cfg.SOLVER.BASE_LR}). Lower SOLVER.WARMUP_ITERS or raise "
+                "SOLVER.MAX_ITER."
+            )
         steps = [int(round(s * max_iter)) if s < 1 else int(s) for s in cfg.SOLVER.STEPS]
         # A milestone at or after the last iteration never applies (and fvcore rejects it).
         steps = [s for s in steps if s < max_iter]
@@ -230,7 +255,7 @@ class GLIPTrainer(DefaultTrainer):
             sampler = TrainingSampler(len(dicts), seed=seed)
         else:
             sampler = RepeatFactorTrainingSampler(torch.tensor(factors), seed=seed)
-        return build_detection_train_loader(
+        return build_resumable_train_loader(
             dicts,
             mapper=GroundingDatasetMapper(cfg, is_train=True),
             sampler=sampler,

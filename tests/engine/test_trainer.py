@@ -1,11 +1,14 @@
 """GLIPTrainer: optimizer rules, transfer modes, few-shot sampling, a short run on the shapes."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.data import detection_utils
 from detectron2.modeling import build_model
 
 from glip_d2.config import add_glip_config
@@ -75,6 +78,35 @@ def test_lr_milestones_as_fractions():
     assert lrs[889] == pytest.approx(0.01) and lrs[891] == pytest.approx(0.001)
 
 
+def _warnings_of(logger_name):
+    messages = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.WARNING:
+                messages.append(record.getMessage())
+
+    handler = _Collect()
+    logging.getLogger(logger_name).addHandler(handler)
+    return messages, lambda: logging.getLogger(logger_name).removeHandler(handler)
+
+
+@pytest.mark.parametrize("warmup, warned", [(1000, True), (1200, True), (999, False)])
+def test_warmup_covering_the_whole_run_is_a_warning(warmup, warned):
+    cfg = _tiny_cfg()
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.STEPS = 1000, warmup, ()
+    messages, remove = _warnings_of("glip_d2.engine.trainer")
+    try:
+        GLIPTrainer.build_lr_scheduler(cfg, torch.optim.SGD([torch.zeros(1)], lr=0.1))
+    finally:
+        remove()
+    hits = [m for m in messages if "SOLVER.WARMUP_ITERS" in m]
+    assert bool(hits) == warned
+    if warned:
+        assert f"SOLVER.WARMUP_ITERS ({warmup})" in hits[0]
+        assert "SOLVER.MAX_ITER (1000)" in hits[0]
+
+
 @pytest.mark.parametrize(
     "mode, trainable",
     [
@@ -137,9 +169,13 @@ def test_short_training_run_writes_results(tmp_path):
     assert len(list((tmp_path / "visualizations" / "glip_shapes_val").glob("*.png"))) == 2
     changed = [k for k in before if not torch.equal(before[k], trainer.ema.state[k])]
     assert changed  # the EMA followed the training steps
-    assert (tmp_path / "model_final.pth").is_file()
-    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
-    assert "model_ema" in ckpt
+    # The checkpoint is plain tensors and Python values: stock tools read it.
+    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)
+    assert "model_ema" in ckpt and "rng_state" in ckpt
+    fresh = build_model(cfg)
+    DetectionCheckpointer(fresh).load(str(tmp_path / "model_final.pth"))
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
 
 
 def test_non_finite_loss_names_iteration_and_term(tmp_path, monkeypatch):
@@ -195,14 +231,23 @@ def _train(cfg, resume, stop_after=None):
     return trainer
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
     full = _train(_resume_cfg(tmp_path / "a"), resume=False)
     cfg = _resume_cfg(tmp_path / "b")
     with pytest.raises(_Interrupt):
         _train(cfg, resume=False, stop_after=1)  # checkpoint of iteration 1 saved, then stop
-    ckpt = torch.load(tmp_path / "b" / "model_0000001.pth", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "b" / "model_0000001.pth", map_location="cpu", weights_only=True)
     assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # AdamW moments are saved
+    read_image, reads = detection_utils.read_image, []
+
+    def counting_read_image(*args, **kwargs):
+        reads.append(args[0])
+        return read_image(*args, **kwargs)
+
+    monkeypatch.setattr(detection_utils, "read_image", counting_read_image)
     resumed = _train(cfg, resume=True)
+    # Only the images of iterations 2 and 3 are read: the skipped batches are not replayed.
+    assert len(reads) == 2 * cfg.SOLVER.IMS_PER_BATCH
     assert resumed.start_iter == 2
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for key in a:
