@@ -16,29 +16,39 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(out_dir):
+def _train_two_steps(out_dir, config_file, opts):
+    """Train ``config_file`` (relative to configs/) for two iterations in this process; the
+    model's state dict afterwards."""
     from detectron2.config import get_cfg
 
     from glip_d2.config import add_glip_config
     from glip_d2.engine import GLIPTrainer
-    from glip_d2.modeling.head.atss import GLIPBoxCoder, grid_anchors
-    from glip_d2.modeling.head.loss import glip_losses
 
-    rank = comm.get_rank()
     torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts them)
     cfg = get_cfg()
     add_glip_config(cfg)
-    cfg.merge_from_file(str(ROOT / "configs" / "quick_schedules" / "glip_tiny.yaml"))
+    cfg.merge_from_file(str(ROOT / "configs" / config_file))
+    cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
     cfg.OUTPUT_DIR = str(out_dir)
-    cfg.DATASETS.TRAIN = ("glip_shapes_train",)
     cfg.DATASETS.TEST = ()
+    # Two iterations: DistributedDataParallel reports a parameter without a gradient at the
+    # start of the second one.
     cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH = 2, 2
     cfg.SEED = 7
     trainer = GLIPTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    state = {k: v.detach().clone() for k, v in trainer.model.module.state_dict().items()}
+    return {k: v.detach().clone() for k, v in trainer.model.module.state_dict().items()}
+
+
+def _worker(out_dir):
+    from glip_d2.modeling.head.atss import GLIPBoxCoder, grid_anchors
+    from glip_d2.modeling.head.loss import glip_losses
+
+    rank = comm.get_rank()
+    opts = ["DATASETS.TRAIN", ("glip_shapes_train",)]
+    state = _train_two_steps(out_dir, "quick_schedules/glip_tiny.yaml", opts)
 
     # Loss normaliser: rank 0 has one box, rank 1 two; both divide by the global mean count.
     anchors = grid_anchors([(8, 8)], [8], [32], torch.device("cpu"))
@@ -104,3 +114,27 @@ def test_two_processes_end_with_identical_weights(tmp_path):
         focal = token_sigmoid_focal_loss(logits[0], target, 0.25, 2.0).sum()
         expected = focal / (sum(counts) / 2)
         torch.testing.assert_close(result["loss_token"], expected)
+
+
+def _quickstart_worker(out_dir):
+    # The quick start as the README runs it, on smaller images: its dot product takes the
+    # language backbone's features, so the last fusion block's text-side update reaches no loss.
+    opts = ["INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 128, "DATALOADER.NUM_WORKERS", 0]
+    state = _train_two_steps(out_dir, "quickstart/glip_tiny_shapes.yaml", opts)
+    torch.save(state, out_dir / f"rank{comm.get_rank()}.pt")
+
+
+def test_quickstart_config_trains_on_two_processes(tmp_path):
+    launch(
+        _quickstart_worker,
+        2,
+        num_machines=1,
+        machine_rank=0,
+        dist_url=f"tcp://127.0.0.1:{_free_port()}",
+        args=(tmp_path,),
+    )
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0.keys() == r1.keys()
+    for key, value in r0.items():
+        assert torch.equal(value, r1[key]), key

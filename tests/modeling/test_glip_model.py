@@ -9,6 +9,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from glip_d2.config import add_glip_config
+from glip_d2.modeling.fusion import VLFuse
+from glip_d2.utils.checkpoint import PREFIX_TABLE, is_official_glip_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 L = 256
@@ -82,6 +84,69 @@ def test_train_step_finite_losses_and_gradients(tiny_model_cfg):
     assert not model.head.cls_logits.weight.requires_grad
 
 
+@pytest.mark.parametrize(
+    "dot_product, num_convs, fusion",
+    [
+        ("backbone", 1, "MHA-B"),
+        ("backbone", 2, "MHA-B"),
+        ("fused", 2, "MHA-B"),
+        ("fused", 2, "none"),
+    ],
+)
+def test_every_trainable_parameter_gets_a_gradient(tiny_model_cfg, dot_product, num_convs, fusion):
+    """DistributedDataParallel (without find_unused_parameters) needs a gradient for every
+    trainable parameter in every step; with the backbone's features in the dot product the
+    last fusion block's text update would reach no loss."""
+    cfg = tiny_model_cfg.clone()
+    cfg.MODEL.FUSION.DOT_PRODUCT_FEATURES = dot_product
+    cfg.MODEL.FUSION.TYPE = fusion
+    cfg.MODEL.GLIP_HEAD.NUM_CONVS = num_convs
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    batch = [_item([[10, 20, 60, 90]], [0], seed=1), _item([], [], h=96, w=128, seed=2)]
+    sum(model(batch).values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+
+
+@pytest.mark.parametrize("layout", ["official", "glip_d2"])
+def test_checkpoint_with_unused_text_update_loads(tiny_model_cfg, layout, caplog):
+    """A checkpoint of a backbone-dot-product model that has the last fusion's text update
+    (the official model builds it; so did glip_d2 before) loads strictly into the model that
+    leaves it out."""
+    cfg = tiny_model_cfg.clone()
+    cfg.MODEL.FUSION.DOT_PRODUCT_FEATURES = "backbone"
+    cfg.MODEL.GLIP_HEAD.NUM_CONVS = 2
+    source_cfg = cfg.clone()
+    source_cfg.MODEL.FUSION.DOT_PRODUCT_FEATURES = "fused"
+    torch.manual_seed(0)
+    source = build_model(source_cfg)
+    # The official tower has no parameters at the last BERT-layer slot (a DummyLayer).
+    state = {
+        k: v for k, v in source.state_dict().items() if not k.startswith("head.dyhead_tower.4.")
+    }
+    assert {f"head.dyhead_tower.3.{k}" for k in VLFuse.TEXT_UPDATE_KEYS} <= set(state)
+    if layout == "official":
+        renamed = {}
+        for key, value in state.items():
+            for official, ours in PREFIX_TABLE:
+                if key.startswith(ours):
+                    key = official + key[len(ours) :]
+                    break
+            renamed[key] = value
+        state = renamed
+        assert is_official_glip_state_dict(state)
+    torch.manual_seed(1)
+    model = build_model(cfg)
+    with caplog.at_level("INFO", logger="glip_d2.modeling.fusion.bi_attention"):
+        model.load_state_dict(state, strict=True)
+    assert "head.dyhead_tower.3.b_attn.gamma_l" in caplog.text
+    loaded = model.state_dict()
+    for key, value in source.state_dict().items():
+        if key in loaded:
+            assert torch.equal(loaded[key], value), key
+
+
 def test_train_step_with_only_empty_images(tiny_model_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg)
@@ -115,6 +180,27 @@ def test_inference_returns_instances_in_original_pixels(tiny_model_cfg):
     assert (inst.scores <= 1).all() and (inst.scores > 0).all()
     sub = inst[inst.scores > inst.scores.median()]  # Instances indexing keeps phrases aligned
     assert len(sub.pred_phrases) == len(sub)
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (3, 2)])
+def test_boxes_stay_inside_an_upscaled_original_image(tiny_model_cfg, height, width):
+    """An original image smaller than the network input (a 1x1 image resized to 128x160):
+    the boxes stay inside it on both axes."""
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg.clone()
+    cfg.MODEL.ATSS.INFERENCE_TH = 0.0
+    model = build_model(cfg).eval()
+    item = _item([], [], h=128, w=160)
+    item.pop("instances")
+    item["height"], item["width"] = height, width
+    with torch.no_grad():
+        inst = model([item])[0]["instances"]
+    assert len(inst) > 0 and inst.image_size == (height, width)
+    boxes = inst.pred_boxes.tensor
+    assert boxes.min() >= 0
+    assert boxes[:, 0::2].max() <= width and boxes[:, 1::2].max() <= height
+    # Boxes at the edge of the input still reach the image's edge.
+    assert boxes[:, 2].max() == width
 
 
 def test_chunked_vocabulary_equals_running_each_chunk(tiny_model_cfg):

@@ -209,6 +209,36 @@ def test_identity_layer_when_dot_product_uses_backbone_features():
     kinds = [type(m).__name__ for m in tower]
     assert kinds == ["VLFuse", "BertFusionLayer", "DyConv"] * 2 + ["VLFuse", "Identity", "DyConv"]
     assert [type(m).__name__ for m in _tiny_tower(fusion_type="none")] == ["DyConv"] * 2
+    # Only the last fusion loses its text update (its output would reach no loss); the
+    # official indices and every other key stay.
+    full = _tiny_tower(num_convs=3, fused_dot_product=True).state_dict()
+    dead = {f"6.{k}" for k in VLFuse.TEXT_UPDATE_KEYS} | {k for k in full if k.startswith("7.")}
+    assert len(dead) == 5 + len([k for k in full if k.startswith("7.")])
+    assert set(tower.state_dict()) == set(full) - dead
+
+
+def test_fusion_without_text_update_keeps_image_outputs_and_loads_full_weights(caplog):
+    torch.manual_seed(0)
+    full = VLFuse(v_dim=32, l_dim=32, embed_dim=64, num_heads=4, init_values=0.5).eval()
+    image_only = VLFuse(
+        v_dim=32, l_dim=32, embed_dim=64, num_heads=4, init_values=0.5, update_lang=False
+    ).eval()
+    assert sorted(set(full.state_dict()) - set(image_only.state_dict())) == sorted(
+        VLFuse.TEXT_UPDATE_KEYS
+    )
+    # A checkpoint of the full block (official, or glip_d2 before the text update was left
+    # out) loads strictly: the text-update entries are dropped with a log line.
+    with caplog.at_level("INFO", logger="glip_d2.modeling.fusion.bi_attention"):
+        image_only.load_state_dict(full.state_dict(), strict=True)
+    assert "b_attn.gamma_l" in caplog.text and "b_attn.attn.out_l_proj.weight" in caplog.text
+    state = _tiny_state()
+    with torch.no_grad():
+        expected, got = full(state), image_only(state)
+    for level, (a, b) in enumerate(zip(expected["visual"], got["visual"])):
+        torch.testing.assert_close(b, a, atol=0, rtol=0, msg=lambda m, lv=level: f"P{lv + 3}: {m}")
+    # The tokens pass through unchanged.
+    assert got["lang"]["hidden"] is state["lang"]["hidden"]
+    assert not torch.equal(expected["lang"]["hidden"], state["lang"]["hidden"])
 
 
 def test_text_attention_spans_all_levels_jointly():

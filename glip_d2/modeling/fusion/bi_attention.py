@@ -8,6 +8,7 @@ reference §5.1. Parameter names follow the official state dict.
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Tuple
 
 import torch
@@ -16,6 +17,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 __all__ = ["BiMultiHeadAttention", "BiAttentionBlock", "VLFuse"]
+
+logger = logging.getLogger(__name__)
 
 # GLIP clamps attention logits to this range (the CLAMP_*_FOR_UNDERFLOW/OVERFLOW flags, on in
 # every released config) so that they stay finite in fp16.
@@ -30,7 +33,11 @@ class BiMultiHeadAttention(nn.Module):
 
     The image queries double as the keys of the text branch, so one logit matrix serves both
     softmaxes: over tokens for each image position and over image positions for each token.
+    Without ``update_lang`` only the image branch exists (no ``values_v_proj``, ``out_l_proj``).
     """
+
+    #: parameters of the text branch (absent without ``update_lang``)
+    TEXT_BRANCH = ("values_v_proj", "out_l_proj")
 
     def __init__(
         self,
@@ -39,6 +46,7 @@ class BiMultiHeadAttention(nn.Module):
         embed_dim: int = 2048,
         num_heads: int = 8,
         dropout: float = 0.1,
+        update_lang: bool = True,
     ):
         """
         Args:
@@ -47,6 +55,7 @@ class BiMultiHeadAttention(nn.Module):
             embed_dim (int): joint attention width (split over the heads).
             num_heads (int): number of heads.
             dropout (float): dropout on both attention probability maps (training only).
+            update_lang (bool): also compute the text branch (image -> text attention).
         """
         super().__init__()
         if embed_dim % num_heads != 0:
@@ -56,13 +65,14 @@ class BiMultiHeadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.scale = self.head_dim**-0.5
         self.dropout = dropout
+        self.update_lang = update_lang
 
         self.v_proj = nn.Linear(v_dim, embed_dim)
         self.l_proj = nn.Linear(l_dim, embed_dim)
-        self.values_v_proj = nn.Linear(v_dim, embed_dim)
+        self.values_v_proj = nn.Linear(v_dim, embed_dim) if update_lang else None
         self.values_l_proj = nn.Linear(l_dim, embed_dim)
         self.out_v_proj = nn.Linear(embed_dim, v_dim)
-        self.out_l_proj = nn.Linear(embed_dim, l_dim)
+        self.out_l_proj = nn.Linear(embed_dim, l_dim) if update_lang else None
         for layer in (
             self.v_proj,
             self.l_proj,
@@ -71,8 +81,9 @@ class BiMultiHeadAttention(nn.Module):
             self.out_v_proj,
             self.out_l_proj,
         ):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer is not None:
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         # (B, N, E) -> (B * heads, N, head_dim)
@@ -91,7 +102,7 @@ class BiMultiHeadAttention(nn.Module):
         visual: torch.Tensor,
         lang: torch.Tensor,
         attention_mask_l: torch.Tensor | None = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             visual: (B, N, C) visual sequence (all levels concatenated).
@@ -99,22 +110,25 @@ class BiMultiHeadAttention(nn.Module):
             attention_mask_l: (B, L) text attention mask (1 valid, 0 padding) or None.
 
         Returns:
-            (delta_v, delta_l): (B, N, C) and (B, L, D) attention outputs (before layer scale).
+            (delta_v, delta_l): (B, N, C) and (B, L, D) attention outputs (before layer scale);
+            ``delta_l`` is None without ``update_lang``.
         """
         bsz = visual.shape[0]
         query = self._split_heads(self.v_proj(visual) * self.scale)
         key = self._split_heads(self.l_proj(lang))
-        value_v = self._split_heads(self.values_v_proj(visual))
         value_l = self._split_heads(self.values_l_proj(lang))
 
         attn = torch.bmm(query, key.transpose(1, 2))  # (B * heads, N, L)
         attn = attn.clamp(min=-_CLAMP, max=_CLAMP)
 
-        # Text branch: each token attends over every image position of every level. The per-row
-        # max subtraction is the official stabiliser; no image mask, pad tokens included.
-        attn_l = attn.transpose(1, 2)
-        attn_l = attn_l - attn_l.max(dim=-1, keepdim=True)[0]
-        attn_l = attn_l.clamp(min=-_CLAMP, max=_CLAMP).softmax(dim=-1)
+        attn_l = None
+        if self.update_lang:
+            # Text branch: each token attends over every image position of every level. The
+            # per-row max subtraction is the official stabiliser; no image mask, pad tokens
+            # included.
+            attn_l = attn.transpose(1, 2)
+            attn_l = attn_l - attn_l.max(dim=-1, keepdim=True)[0]
+            attn_l = attn_l.clamp(min=-_CLAMP, max=_CLAMP).softmax(dim=-1)
 
         # Image branch: valid tokens get +1 (the official code adds the raw 0/1 mask after
         # replacing 0 by -9e15; the +1 cancels in the softmax).
@@ -129,11 +143,13 @@ class BiMultiHeadAttention(nn.Module):
         attn_v = attn.softmax(dim=-1)
 
         attn_v = F.dropout(attn_v, p=self.dropout, training=self.training)
+        out_v = self.out_v_proj(self._merge_heads(torch.bmm(attn_v, value_l), bsz))
+        if attn_l is None:
+            return out_v, None
         attn_l = F.dropout(attn_l, p=self.dropout, training=self.training)
-
-        out_v = self._merge_heads(torch.bmm(attn_v, value_l), bsz)
+        value_v = self._split_heads(self.values_v_proj(visual))
         out_l = self._merge_heads(torch.bmm(attn_l, value_v), bsz)
-        return self.out_v_proj(out_v), self.out_l_proj(out_l)
+        return out_v, self.out_l_proj(out_l)
 
 
 class BiAttentionBlock(nn.Module):
@@ -141,7 +157,8 @@ class BiAttentionBlock(nn.Module):
 
     The residual base is the layer-normed input: ``v_new = LN_v(v) + gamma_v * delta_v``. The
     official block replaces each stream by its normalised version, and released checkpoints
-    depend on it (reference §5.1, §16.3).
+    depend on it (reference §5.1, §16.3). Without ``update_lang`` the text stream is only read
+    (no ``gamma_l``, no text branch in :class:`BiMultiHeadAttention`).
     """
 
     def __init__(
@@ -152,6 +169,7 @@ class BiAttentionBlock(nn.Module):
         num_heads: int = 8,
         dropout: float = 0.1,
         init_values: float = 1e-4,
+        update_lang: bool = True,
     ):
         """
         Args:
@@ -161,22 +179,31 @@ class BiAttentionBlock(nn.Module):
             num_heads (int): number of heads.
             dropout (float): attention-probability dropout.
             init_values (float): initial value of the layer-scale vectors (GLIP: 1/NUM_CONVS).
+            update_lang (bool): also return updated token features.
         """
         super().__init__()
         self.layer_norm_v = nn.LayerNorm(v_dim)
         self.layer_norm_l = nn.LayerNorm(l_dim)
         self.attn = BiMultiHeadAttention(
-            v_dim=v_dim, l_dim=l_dim, embed_dim=embed_dim, num_heads=num_heads, dropout=dropout
+            v_dim=v_dim,
+            l_dim=l_dim,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            dropout=dropout,
+            update_lang=update_lang,
         )
         self.gamma_v = nn.Parameter(init_values * torch.ones(v_dim))
-        self.gamma_l = nn.Parameter(init_values * torch.ones(l_dim))
+        if update_lang:
+            self.gamma_l = nn.Parameter(init_values * torch.ones(l_dim))
+        else:
+            self.gamma_l = None
 
     def forward(
         self,
         visual: torch.Tensor,
         lang: torch.Tensor,
         attention_mask_l: torch.Tensor | None = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             visual: (B, N, C) visual sequence.
@@ -184,12 +211,16 @@ class BiAttentionBlock(nn.Module):
             attention_mask_l: (B, L) text attention mask or None.
 
         Returns:
-            (visual, lang): updated (B, N, C) and (B, L, D).
+            (visual, lang): updated (B, N, C) and (B, L, D); ``lang`` is None without
+            ``update_lang``.
         """
         visual = self.layer_norm_v(visual)
         lang = self.layer_norm_l(lang)
         delta_v, delta_l = self.attn(visual, lang, attention_mask_l=attention_mask_l)
-        return visual + self.gamma_v * delta_v, lang + self.gamma_l * delta_l
+        visual = visual + self.gamma_v * delta_v
+        if delta_l is None:
+            return visual, None
+        return visual, lang + self.gamma_l * delta_l
 
 
 class VLFuse(nn.Module):
@@ -198,7 +229,22 @@ class VLFuse(nn.Module):
     All feature levels are flattened row-major and concatenated (P3 first) into one visual
     sequence, fused with the tokens by :class:`BiAttentionBlock`, and split back per level.
     Image padding is not masked.
+
+    ``update_lang=False`` builds a fusion that updates the image features only, for a block
+    whose fused token features reach no loss (the last block when the dot product takes the
+    language backbone's features). The official model computes that text update and discards
+    it; building it would leave trainable parameters without a gradient, which
+    DistributedDataParallel rejects. A checkpoint's text-update entries (``b_attn.gamma_l``,
+    ``b_attn.attn.values_v_proj.*``, ``b_attn.attn.out_l_proj.*``) are dropped on load with
+    a log line; the image-side outputs are unchanged.
     """
+
+    #: state-dict entries (relative to the module) that exist only with ``update_lang``
+    TEXT_UPDATE_KEYS = ("b_attn.gamma_l",) + tuple(
+        f"b_attn.attn.{name}.{p}"
+        for name in BiMultiHeadAttention.TEXT_BRANCH
+        for p in ("weight", "bias")
+    )
 
     def __init__(
         self,
@@ -209,6 +255,7 @@ class VLFuse(nn.Module):
         dropout: float = 0.1,
         init_values: float = 1e-4,
         use_checkpoint: bool = False,
+        update_lang: bool = True,
     ):
         """
         Args:
@@ -216,6 +263,7 @@ class VLFuse(nn.Module):
                 :class:`BiAttentionBlock`.
             use_checkpoint (bool): recompute the fusion in the backward pass during training
                 (activation checkpointing; saves memory, numerically neutral).
+            update_lang (bool): also update ``lang["hidden"]`` (else it passes through).
         """
         super().__init__()
         self.b_attn = BiAttentionBlock(
@@ -225,8 +273,23 @@ class VLFuse(nn.Module):
             num_heads=num_heads,
             dropout=dropout,
             init_values=init_values,
+            update_lang=update_lang,
         )
         self.use_checkpoint = use_checkpoint
+        self.update_lang = update_lang
+        if not update_lang:
+            self._register_load_state_dict_pre_hook(self._drop_text_update_keys)
+
+    def _drop_text_update_keys(self, state_dict, prefix, *args, **kwargs):
+        dropped = [prefix + k for k in self.TEXT_UPDATE_KEYS if prefix + k in state_dict]
+        for key in dropped:
+            del state_dict[key]
+        if dropped:
+            logger.info(
+                "Dropped checkpoint entries of a text update whose output reaches no loss "
+                "(MODEL.FUSION.DOT_PRODUCT_FEATURES 'backbone', last fusion block): %s",
+                dropped,
+            )
 
     def _fuse(self, masks: torch.Tensor, hidden: torch.Tensor, *visual: torch.Tensor):
         sizes = [feat.shape[-2:] for feat in visual]
@@ -237,7 +300,7 @@ class VLFuse(nn.Module):
         for h, w in sizes:
             out.append(new_v[:, :, start : start + h * w].reshape(new_v.shape[0], -1, h, w))
             start += h * w
-        return (new_l, *out)
+        return tuple(out) if new_l is None else (new_l, *out)
 
     def forward(self, state: Dict) -> Dict:
         """
@@ -246,8 +309,8 @@ class VLFuse(nn.Module):
                 (B, L, D) and ``masks`` (B, L).
 
         Returns:
-            dict: a new state with fused ``visual`` maps and ``lang["hidden"]``; other language
-            entries are passed through.
+            dict: a new state with fused ``visual`` maps and (with ``update_lang``) fused
+            ``lang["hidden"]``; other language entries are passed through.
         """
         visual: List[torch.Tensor] = list(state["visual"])
         lang = state["lang"]
@@ -256,4 +319,6 @@ class VLFuse(nn.Module):
             outs = torch.utils.checkpoint.checkpoint(self._fuse, *args, use_reentrant=False)
         else:
             outs = self._fuse(*args)
+        if not self.update_lang:
+            return {"visual": list(outs), "lang": dict(lang)}
         return {"visual": list(outs[1:]), "lang": {**lang, "hidden": outs[0]}}

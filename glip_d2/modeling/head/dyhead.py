@@ -295,8 +295,11 @@ def build_vldyhead_tower(
     """Build GLIP's ``dyhead_tower`` with the official module indices.
 
     With ``fusion_type="MHA-B"`` block i occupies indices 3i (:class:`VLFuse`), 3i+1
-    (:class:`BertFusionLayer`, or ``nn.Identity`` for the last block when the dot product uses
-    the backbone's text features) and 3i+2 (:class:`DyConv`). With ``"none"`` the tower is
+    (:class:`BertFusionLayer`) and 3i+2 (:class:`DyConv`). When the dot product uses the
+    backbone's text features, the last block's text outputs reach no loss: its BERT layer is
+    ``nn.Identity`` (as officially) and its fusion has no text update (``update_lang=False``;
+    the official model computes and discards it), so every trainable parameter gets a
+    gradient, as DistributedDataParallel requires. With ``"none"`` the tower is
     ``num_convs`` :class:`DyConv` blocks. Each module maps a state dict
     ``{"visual": [(B, C, H_l, W_l)] * levels, "lang": {"hidden": (B, L, D), "masks": (B, L),
     "embedded": (B, L, D), ...}}`` to a new one.
@@ -308,7 +311,7 @@ def build_vldyhead_tower(
         bert_config (transformers.BertConfig): config of the per-block BERT layers.
         fusion_type (str): "MHA-B" or "none".
         fused_dot_product (bool): the head's dot product uses the tower's fused text features,
-            so the last block keeps its BERT layer.
+            so the last block keeps its text update and BERT layer.
         fusion_embed_dim (int): fusion attention width (GLIP: 2048).
         fusion_num_heads (int): fusion heads (GLIP: 8).
         fusion_dropout (float): fusion attention dropout.
@@ -324,6 +327,9 @@ def build_vldyhead_tower(
     tower: List[nn.Module] = []
     for i in range(num_convs):
         if fusion_type == "MHA-B":
+            # The fused text features of block i feed block i+1's fusion; those of the last
+            # block reach a loss only through the fused dot product.
+            update_lang = i < num_convs - 1 or fused_dot_product
             tower.append(
                 VLFuse(
                     v_dim=channels,
@@ -333,12 +339,10 @@ def build_vldyhead_tower(
                     dropout=fusion_dropout,
                     init_values=1.0 / num_convs,
                     use_checkpoint=use_checkpoint,
+                    update_lang=update_lang,
                 )
             )
-            if i < num_convs - 1 or fused_dot_product:
-                tower.append(BertFusionLayer(bert_config))
-            else:
-                tower.append(nn.Identity())
+            tower.append(BertFusionLayer(bert_config) if update_lang else nn.Identity())
         tower.append(
             DyConv(
                 channels,

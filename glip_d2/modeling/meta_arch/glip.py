@@ -41,9 +41,9 @@ class GLIP(nn.Module):
       convention, in resized-image pixels) and ``gt_positive_map`` (G, L) bool.
 
     Output (inference): ``[{"instances": Instances}]`` in original-image pixels with
-    ``pred_boxes`` (continuous XYXY), ``scores``, ``pred_classes`` and ``pred_phrases``
-    (a :class:`PhraseList` of str). Training returns ``loss_token``, ``loss_giou`` and
-    ``loss_centerness``.
+    ``pred_boxes`` (continuous XYXY, inside the image), ``scores``, ``pred_classes`` and
+    ``pred_phrases`` (a :class:`PhraseList` of str). Training returns ``loss_token``,
+    ``loss_giou`` and ``loss_centerness``.
 
     Boxes are handled in the official inclusive convention inside (``x2 = x + w - 1``); the
     conversion happens once on the way in (``x2 - 1``) and once on the way out (``+ 1`` after
@@ -428,7 +428,10 @@ class GLIP(nn.Module):
 
         Boxes are scaled by original/resized size per axis (as the official ``BoxList.resize``),
         then ``x2, y2`` get +1: the official evaluation's ``w = x2 - x1 + 1`` equals Detectron2's
-        ``w = x2 - x1`` of the converted box.
+        ``w = x2 - x1`` of the converted box. The result is clipped to the original image: for an
+        image that was scaled up, the +1 after scaling would otherwise reach up to
+        ``1 - original/resized`` pixels past its right and bottom edges (x = 2 on a 1x1 image;
+        the official code leaves it there).
         """
         h, w = image_size
         out_h, out_w = x.get("height", h), x.get("width", w)
@@ -439,6 +442,7 @@ class GLIP(nn.Module):
         class_ids = torch.as_tensor(prompt.get("prompt_class_ids", torch.arange(num_entries)))
         inst = Instances((out_h, out_w))
         inst.pred_boxes = Boxes(boxes)
+        inst.pred_boxes.clip((out_h, out_w))
         inst.scores = scores
         inst.pred_classes = class_ids.to(labels.device)[labels]
         phrases = prompt.get("phrases")
