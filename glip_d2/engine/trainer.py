@@ -12,6 +12,7 @@ from typing import Any, Dict, List
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.hooks import EvalHook
@@ -20,12 +21,14 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import GroundingDatasetMapper
+from ..data.annotation_checks import check_training_records
 from ..data.few_shot import sample_few_shot
 from ..data.train_loader import ResumableTrainLoader, build_resumable_train_loader
 from ..evaluation import build_evaluator
 from ..utils.checkpoint import GLIPCheckpointer
 from .hooks import EMAHook, ModelEMA, RNGState, unwrap_model
 from .visualize import visualize_dataset_predictions
+from .weight_decay_schedule import build_weight_decay_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +175,14 @@ class GLIPTrainer(DefaultTrainer):
             logger.warning("The checkpoint has no optimizer state: the optimizer starts afresh")
 
     def build_hooks(self):
-        """DefaultTrainer's hooks, plus the EMA update right after the optimizer step; with
-        ``TEST.USE_EMA`` the periodic and final evaluations run on the EMA weights."""
+        """DefaultTrainer's hooks, plus the EMA update right after the optimizer step (with
+        ``TEST.USE_EMA`` the periodic and final evaluations run on the EMA weights) and, with
+        ``SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO``, GLIP-L's weight-decay schedule (built here,
+        before any resume, because it reads the initial weight decays)."""
         hooks = super().build_hooks()
+        wd_schedule = build_weight_decay_schedule(self.cfg, self.optimizer)
+        if wd_schedule is not None:
+            hooks.insert(2, wd_schedule)
         if self.ema is not None:
             hooks.insert(2, EMAHook(self.ema))
             if self.cfg.TEST.USE_EMA:
@@ -237,10 +245,12 @@ class GLIPTrainer(DefaultTrainer):
         for name, repeat in zip(names, repeats):
             # Detection and grounding sets have different class lists: no consistency check.
             records = get_detection_dataset_dicts(
-                [name],
-                filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                check_consistency=False,
+                [name], filter_empty=False, check_consistency=False
             )
+            # Before Detectron2's filter, whose bare "No valid data found" would name nothing.
+            check_training_records(records, name)
+            if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+                records = filter_images_with_only_crowd_annotations(records)
             if cfg.DATASETS.FEW_SHOT > 0:
                 records = sample_few_shot(
                     records, cfg.DATASETS.FEW_SHOT, cfg.DATASETS.FEW_SHOT_SEED
