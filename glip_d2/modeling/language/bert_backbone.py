@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import logging
 import os
-from typing import Dict
+import re
+from typing import Dict, Iterator
 
 import torch
 from detectron2.config import configurable
 from torch import nn
 
+from ...utils.hub import load_pretrained as load_hf_pretrained
 from ...utils.paths import resolve_path
 from .build import LANGUAGE_BACKBONE_REGISTRY
+
+_MODEL_NAME_KEY = "MODEL.LANGUAGE_BACKBONE.MODEL_NAME"
+_POOLER_KEY = re.compile(r"(^|\.)pooler\.")
+_UNUSED_WEIGHTS = re.compile(r"were not used when initializing \w+: (\[[^\]]*\])")
+
+
+class _UnusedPoolerFilter(logging.Filter):
+    """Drops transformers' "Some weights ... were not used" warning when the only unused
+    weights are BERT's pooler, which GLIP does not have (``add_pooling_layer=False``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = _UNUSED_WEIGHTS.search(record.getMessage())
+        if match is None:
+            return True
+        try:
+            keys = ast.literal_eval(match.group(1))
+        except (ValueError, SyntaxError):
+            return True
+        return not (keys and all(_POOLER_KEY.search(str(k)) for k in keys))
+
+
+@contextlib.contextmanager
+def _unused_pooler_not_reported() -> Iterator[None]:
+    model_logger = logging.getLogger("transformers.modeling_utils")
+    quiet = _UnusedPoolerFilter()
+    model_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        model_logger.removeFilter(quiet)
 
 
 def load_bert_config(model_name: str, config_file: str = ""):
@@ -20,15 +55,20 @@ def load_bert_config(model_name: str, config_file: str = ""):
     equal its config (the official GLIP inventories were measured that way).
 
     Args:
-        model_name (str): Hugging Face name or local folder.
+        model_name (str): Hugging Face name (from the local Hugging Face cache, else the hub),
+            local folder or ``pkg://package/sub/path``.
         config_file (str): optional json that takes precedence over ``model_name``.
 
     Returns:
         transformers.BertConfig
+
+    Raises:
+        FileNotFoundError: ``config_file`` or a ``model_name`` path does not exist.
+        glip_d2.utils.hub.HubUnreachableError: ``model_name`` is not cached and the hub cannot
+            be reached (see :func:`glip_d2.utils.hub.load_pretrained`).
     """
     from transformers import BertConfig
 
-    model_name = resolve_path(model_name)
     config_file = resolve_path(config_file) if config_file else ""
     if config_file:
         if not os.path.isfile(config_file):
@@ -37,7 +77,9 @@ def load_bert_config(model_name: str, config_file: str = ""):
     elif model_name == "bert-base-uncased" and not os.path.isdir(model_name):
         config = BertConfig()
     else:
-        config = BertConfig.from_pretrained(model_name)
+        config = load_hf_pretrained(
+            BertConfig.from_pretrained, model_name, config_key=_MODEL_NAME_KEY, needs="config.json"
+        )
     # Eager attention is the implementation the official outputs were recorded with.
     config._attn_implementation = "eager"
     return config
@@ -65,7 +107,8 @@ class BertLanguageBackbone(nn.Module):
             model_name (str): Hugging Face name, local folder, or ``pkg://package/sub/path``.
             config_file (str): optional BERT config json overriding ``model_name``'s.
             load_pretrained (bool): load ``model_name``'s weights (else random init; weights
-                then come from a GLIP checkpoint).
+                then come from a GLIP checkpoint). The checkpoint's pooler, which GLIP does not
+                use, is not reported as unused.
             freeze (bool): keep the parameters fixed.
         """
         super().__init__()
@@ -73,9 +116,15 @@ class BertLanguageBackbone(nn.Module):
 
         self.bert_config = load_bert_config(model_name, config_file)
         if load_pretrained:
-            self.model = BertModel.from_pretrained(
-                resolve_path(model_name), config=self.bert_config, add_pooling_layer=False
-            )
+            with _unused_pooler_not_reported():
+                self.model = load_hf_pretrained(
+                    BertModel.from_pretrained,
+                    model_name,
+                    config_key=_MODEL_NAME_KEY,
+                    needs="config.json and the weights (model.safetensors or pytorch_model.bin)",
+                    config=self.bert_config,
+                    add_pooling_layer=False,
+                )
         else:
             self.model = BertModel(self.bert_config, add_pooling_layer=False)
         self.out_dim = self.bert_config.hidden_size
