@@ -11,6 +11,10 @@ python train_net.py --config-file ... DATASETS.REGISTER "[{'NAME': 'my_train', '
 import logging
 import os
 
+# First: glip_d2 hides fvcore's torch.jit.script deprecation warnings, which detectron2 triggers.
+import glip_d2  # noqa: F401
+
+# isort: split
 import detectron2.utils.comm as comm
 import torch
 from detectron2.config import get_cfg
