@@ -223,7 +223,8 @@ def test_chunked_vocabulary_equals_running_each_chunk(tiny_model_cfg):
         }
 
     chunks = [chunk(0, [0, 1], ["a", "b"]), chunk(50, [2, 3, 4], ["c", "d", "e"])]
-    # Same size: padding a smaller image to the batch size changes what fusion sees.
+    # Same size: a smaller image is zero-padded in the batch, and the padding changes what the
+    # Swin windows, the DyHead normalisation and pooling and the fusion see.
     images = [_item([], [], seed=5), _item([], [], seed=6)]
     for im in images:
         im.pop("instances")
