@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import runpy
+import shlex
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
 
@@ -34,65 +36,35 @@ SHORT = [
     "0",
 ]
 
-# The README's command-line example (after `python train_net.py`).
-COMMAND_LINE = [
-    "--config-file",
-    "configs/quickstart/glip_tiny_shapes.yaml",
-    "DATASETS.REGISTER",
-    "[{'NAME': 'my_train', 'FORMAT': 'coco', "
-    "'JSON_FILE': 'datasets/glip_shapes/annotations/instances_train.json', "
-    "'IMAGE_ROOT': 'datasets/glip_shapes/train'}, "
-    "{'NAME': 'my_val', 'FORMAT': 'coco', "
-    "'JSON_FILE': 'datasets/glip_shapes/annotations/instances_val.json', "
-    "'IMAGE_ROOT': 'datasets/glip_shapes/val'}]",
-    "DATASETS.TRAIN",
-    "('my_train',)",
-    "DATASETS.TEST",
-    "('my_val',)",
-    "OUTPUT_DIR",
-    "output/my_data",
-]
+
+def _readme_blocks(language: str) -> list:
+    """The README's fenced code blocks of one language, as text."""
+    text = (ROOT / "README.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def _readme_command(script: str) -> list:
+    """The arguments after ``<script>`` of the README's one bash command that runs it with
+    ``DATASETS.REGISTER`` or (for the Python route) on ``my_py_*`` sets."""
+    found = []
+    for block in _readme_blocks("bash"):
+        for command in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(command)
+            if (
+                len(words) > 1
+                and words[1] == script
+                and ("DATASETS.REGISTER" in words or "('my_py_train',)" in words)
+            ):
+                found.append(words[2:])
+    assert len(found) == 1, f"README: expected one '{script}' example, found {len(found)}"
+    return found[0]
+
+
+# The README's command-line example (the arguments after `train_net.py`).
+COMMAND_LINE = _readme_command("train_net.py")
 
 # The README's Python route: train_my_data.py next to train_net.py.
-PYTHON_ROUTE = textwrap.dedent(
-    '''\
-    """train_net.py with datasets registered in Python (for what DATASETS.REGISTER cannot say:
-    metadata, other evaluator types, your own loader)."""
-    from detectron2.engine import default_argument_parser, launch
-
-    import train_net
-    from glip_d2.data import register_coco_grounding
-
-
-    def main(args):
-        # Inside main: launch runs it in every process (one per GPU).
-        register_coco_grounding(
-            "my_py_train",
-            {},  # extra metadata; evaluator_type defaults to "coco"
-            "datasets/glip_shapes/annotations/instances_train.json",
-            "datasets/glip_shapes/train",
-        )
-        register_coco_grounding(
-            "my_py_val",
-            {},
-            "datasets/glip_shapes/annotations/instances_val.json",
-            "datasets/glip_shapes/val",
-        )
-        return train_net.main(args)
-
-
-    if __name__ == "__main__":
-        args = default_argument_parser().parse_args()
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    '''
-)
+(PYTHON_ROUTE,) = [b for b in _readme_blocks("python") if "def main(args):" in b]
 
 
 _LOGGERS = ("detectron2", "d2", "fvcore", "glip_d2")
@@ -132,6 +104,9 @@ def _results(out_dir: Path):
 
 def test_example_yaml_trains_and_evaluates_on_registered_files(workdir):
     # python train_net.py --config-file configs/own_data/glip_tiny_my_shapes.yaml
+    config = ROOT / "configs" / "own_data" / "glip_tiny_my_shapes.yaml"
+    (shown,) = [b for b in _readme_blocks("yaml") if "REGISTER:" in b]
+    assert yaml.safe_load(shown) == yaml.safe_load(config.read_text()), "README != the config"
     argv = ["--config-file", "configs/own_data/glip_tiny_my_shapes.yaml", *SHORT]
     _train_net().main(default_argument_parser().parse_args(argv))
     results = _results(workdir / "output" / "my_shapes")
@@ -155,18 +130,7 @@ def test_command_line_entries_train_and_evaluate(workdir, monkeypatch):
 def test_python_route_registers_in_main(workdir, monkeypatch):
     (workdir / "train_my_data.py").write_text(PYTHON_ROUTE)
     monkeypatch.syspath_prepend(str(ROOT))  # train_my_data.py sits next to train_net.py
-    argv = [
-        "train_my_data.py",
-        "--config-file",
-        "configs/quickstart/glip_tiny_shapes.yaml",
-        "DATASETS.TRAIN",
-        "('my_py_train',)",
-        "DATASETS.TEST",
-        "('my_py_val',)",
-        "OUTPUT_DIR",
-        "output/my_py",
-        *SHORT,
-    ]
+    argv = ["train_my_data.py", *_readme_command("train_my_data.py"), *SHORT]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path("train_my_data.py", run_name="__main__")
     assert "AP" in _results(workdir / "output" / "my_py")["my_py_val"]["bbox"]

@@ -3,6 +3,7 @@
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 from detectron2.engine import launch
 from detectron2.utils import comm
@@ -116,22 +117,25 @@ def test_two_processes_end_with_identical_weights(tmp_path):
         torch.testing.assert_close(result["loss_token"], expected)
 
 
-def _quickstart_worker(out_dir):
-    # The quick start as the README runs it, on smaller images: its dot product takes the
-    # language backbone's features, so the last fusion block's text-side update reaches no loss.
+def _quickstart_worker(out_dir, fusion_type):
+    # The quick start as the README runs it, on smaller images. With fusion on (the config's
+    # earlier form, GLIP-T (C)-like but with the dot product on the language backbone's
+    # features), the last fusion block's text-side update would reach no loss.
     opts = ["INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 128, "DATALOADER.NUM_WORKERS", 0]
+    opts += ["MODEL.FUSION.TYPE", fusion_type] if fusion_type else []
     state = _train_two_steps(out_dir, "quickstart/glip_tiny_shapes.yaml", opts)
     torch.save(state, out_dir / f"rank{comm.get_rank()}.pt")
 
 
-def test_quickstart_config_trains_on_two_processes(tmp_path):
+@pytest.mark.parametrize("fusion_type", [None, "MHA-B"], ids=["as_shipped", "with_fusion"])
+def test_quickstart_config_trains_on_two_processes(tmp_path, fusion_type):
     launch(
         _quickstart_worker,
         2,
         num_machines=1,
         machine_rank=0,
         dist_url=f"tcp://127.0.0.1:{_free_port()}",
-        args=(tmp_path,),
+        args=(tmp_path, fusion_type),
     )
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
