@@ -254,3 +254,24 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch)
         assert torch.equal(a[key], b[key]), key
     for key in full.ema.state:
         assert torch.equal(full.ema.state[key], resumed.ema.state[key]), key
+
+
+def test_trainer_applies_the_weight_decay_schedule(tmp_path):
+    # GLIP-L's SOLVER.WEIGHT_DECAY_SCHEDULE through GLIPTrainer: with the LR milestone at 2 and
+    # ratio 0.5, the weight decay is x GAMMA from the second iteration on.
+    cfg = _tiny_cfg(tmp_path)
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("glip_shapes_train",), ()
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.STEPS = 3, 1, (2,)
+    cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.GAMMA = 0.01, 0.1
+    cfg.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.5
+    trainer = GLIPTrainer(cfg)
+    seen = []
+    original = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        seen.append(max(g["weight_decay"] for g in trainer.optimizer.param_groups))
+        return original(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    trainer.train()
+    assert seen == pytest.approx([0.01, 0.001, 0.001])
