@@ -6,6 +6,17 @@ as 0.
 """
 
 from .chunking import chunk_categories
+from .mlm import (
+    CORRUPTIBLE,
+    FROZEN,
+    GREEN,
+    IGNORE_LABEL,
+    MLM_SCOPES,
+    build_greenlight_map,
+    greenlight_from_char_spans,
+    mask_tokens,
+    mlm_generator,
+)
 from .positive_map import (
     build_positive_map,
     char_span_to_tokens,
@@ -27,10 +38,16 @@ from .tokenizer import build_tokenizer
 
 __all__ = [
     "BACKGROUND_CLASS_ID",
+    "CORRUPTIBLE",
     "CharSpan",
     "DetectionPromptSampler",
+    "FROZEN",
+    "GREEN",
+    "IGNORE_LABEL",
+    "MLM_SCOPES",
     "Prompt",
     "build_detection_prompt",
+    "build_greenlight_map",
     "build_grounding_prompt",
     "build_positive_map",
     "build_tokenizer",
@@ -39,6 +56,9 @@ __all__ = [
     "chunk_categories",
     "clean_name",
     "encode_prompt",
+    "greenlight_from_char_spans",
+    "mask_tokens",
+    "mlm_generator",
     "positive_map_from_encoding",
     "span_cuts_token",
     "tokenize_prompt",
