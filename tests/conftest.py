@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from official_fixtures import convert_fixture_config
 from PIL import Image
 
 # ---------------------------------------------------------------------------- tokenizer
@@ -96,6 +97,19 @@ def toy_dataset(tmp_path):
         MetadataCatalog.remove(name)
 
 
+@pytest.fixture
+def dataset_name():
+    """A unique dataset name, removed from both catalogs at teardown."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    name = f"glip_test_{uuid.uuid4().hex[:8]}"
+    yield name
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+
+
 # ---------------------------------------------------------------------------- parity fixture
 
 #: The official recorded forward pass (any fixture of the same format via the variable).
@@ -109,33 +123,7 @@ PARITY_FIXTURE = Path(
 
 @pytest.fixture(scope="session")
 def parity_cfg(tmp_path_factory):
-    """The glip_d2 config of the parity fixture, converted from its official ``config.yaml``
-    and ``bert_config.json`` by ``tools/convert_glip_config.py`` (CPU, not frozen)."""
-    import subprocess
-    import sys
-
-    from detectron2.config import get_cfg
-
-    from glip_d2.config import add_glip_config
-
+    """The glip_d2 config of the parity fixture (:func:`convert_fixture_config`)."""
     if not (PARITY_FIXTURE / "model.pth").is_file():
         pytest.skip(f"parity fixture not found at {PARITY_FIXTURE}")
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path_factory.mktemp("parity") / "glip_parity.yaml"
-    cmd = [
-        sys.executable,
-        str(root / "tools" / "convert_glip_config.py"),
-        str(PARITY_FIXTURE / "config.yaml"),
-        "-o",
-        str(out),
-        "--bert-config",
-        str(PARITY_FIXTURE / "bert_config.json"),
-        "--quiet",
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
-    assert res.returncode == 0, res.stderr
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(str(out))
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
+    return convert_fixture_config(PARITY_FIXTURE, tmp_path_factory.mktemp("parity"))

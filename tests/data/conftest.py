@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -45,21 +46,36 @@ def make_mapper(tiny_tokenizer):
     return make
 
 
-@pytest.fixture
-def data_log():
-    """Messages logged (WARNING and above) under ``glip_d2.data`` during the test."""
+@contextlib.contextmanager
+def _collect(level: int, *, with_level: bool):
+    """Messages logged at ``level`` and above under ``glip_d2.data`` inside the block."""
     messages = []
 
     class _Collect(logging.Handler):
         def emit(self, record):
-            messages.append(record.getMessage())
+            message = record.getMessage()
+            messages.append((record.levelno, message) if with_level else message)
 
     logger = logging.getLogger("glip_d2.data")
-    handler, old_level = _Collect(level=logging.WARNING), logger.level
+    handler, old_level = _Collect(level=level), logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(level)
     try:
         yield messages
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+@pytest.fixture
+def data_log():
+    """Messages logged (WARNING and above) under ``glip_d2.data`` during the test."""
+    with _collect(logging.WARNING, with_level=False) as messages:
+        yield messages
+
+
+@pytest.fixture
+def info_log():
+    """``(level, message)`` logged (INFO and above) under ``glip_d2.data`` during the test."""
+    with _collect(logging.INFO, with_level=True) as messages:
+        yield messages

@@ -2,11 +2,9 @@
 with their ids; a training set left with no box is an error; derived evaluation phrases."""
 
 import json
-import logging
-import uuid
 
 import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from grounding_fixtures import RED_CAT, SMALL_DOGS, mdetr_data
 
 from glip_d2.data import load_coco_grounding_json, load_mdetr_grounding_json
@@ -43,35 +41,6 @@ def _coco(path, boxes=BOXES):
     return str(path)
 
 
-@pytest.fixture
-def name():
-    name = f"glip_test_boxes_{uuid.uuid4().hex[:8]}"
-    yield name
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
-
-
-@pytest.fixture
-def info_log():
-    """Messages logged (INFO and above) under ``glip_d2.data`` during the test."""
-    messages = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record):
-            messages.append((record.levelno, record.getMessage()))
-
-    logger = logging.getLogger("glip_d2.data")
-    handler, old_level = _Collect(level=logging.INFO), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
 def test_check_box_rule():
     assert check_box([1, 2, 3, 4], 48, 64) == ([1.0, 2.0, 3.0, 4.0], None)
     assert check_box([1, 2, 3, 4]).problem is None  # no image size: nothing to clip
@@ -83,15 +52,15 @@ def test_check_box_rule():
     assert check_box([60, 40, 10, 10], None, None).bbox == [60.0, 40.0, 10.0, 10.0]
 
 
-def test_coco_loader_drops_clips_and_warns_once(tmp_path, name, data_log):
+def test_coco_loader_drops_clips_and_warns_once(tmp_path, dataset_name, data_log):
     json_file = _coco(tmp_path / "bad.json")
-    records = load_coco_grounding_json(json_file, str(tmp_path), name)
+    records = load_coco_grounding_json(json_file, str(tmp_path), dataset_name)
     kept = {a["id"]: a["bbox"] for r in records for a in r["annotations"]}
     assert kept == {10: [4.0, 6.0, 20.0, 16.0], 15: [0.0, 50.0, 15.0, 6.0], 17: BOXES[17][1]}
 
     assert len(data_log) == 1, data_log
     message = data_log[0]
-    assert name in message and json_file in message
+    assert dataset_name in message and json_file in message
     assert (
         "7 of 9 annotations have invalid boxes: dropped 6 (" in message
         and "repaired 1 (" in message
@@ -102,7 +71,7 @@ def test_coco_loader_drops_clips_and_warns_once(tmp_path, name, data_log):
     assert "annotation 18 " not in message
 
     # Loaded again (each evaluation does): not reported again.
-    load_coco_grounding_json(json_file, str(tmp_path), name)
+    load_coco_grounding_json(json_file, str(tmp_path), dataset_name)
     assert len(data_log) == 1
 
 
@@ -111,66 +80,66 @@ def test_clean_set_logs_nothing(toy_dataset, data_log):
     assert data_log == []
 
 
-def test_mdetr_loader_drops_a_nan_box_with_its_spans(tmp_path, mdetr_files, data_log):
+def test_mdetr_loader_drops_a_nan_box_with_its_spans(mdetr_files, dataset_name, data_log):
     data = mdetr_data()
     data["annotations"][1]["bbox"] = [NAN, 10, 10, 10]  # annotation 12, one of the two dogs
     data["annotations"][2]["bbox"] = [42, 20, 30, 40]  # annotation 13, past the 64x48 image
     json_file, root = mdetr_files(data)
-    name = f"glip_test_mdetr_{uuid.uuid4().hex[:8]}"
-    records = load_mdetr_grounding_json(json_file, root, name)
+    records = load_mdetr_grounding_json(json_file, root, dataset_name)
     anns = records[0]["annotations"]
     assert [a["id"] for a in anns] == [11, 13]
     assert anns[1]["bbox"] == [42.0, 20.0, 22.0, 28.0]
     assert anns[1]["tokens_positive"] == [SMALL_DOGS]
     assert len(data_log) == 1
-    assert name in data_log[0]
+    assert dataset_name in data_log[0]
     assert "annotation 12 of image 1 (NaN or infinite coordinate)" in data_log[0]
     assert "annotation 13 of image 1 (partly outside the image (clipped))" in data_log[0]
 
 
-def test_mdetr_eval_phrases_derived_when_absent(mdetr_files, make_mapper, info_log):
+def test_mdetr_eval_phrases_derived_when_absent(mdetr_files, make_mapper, dataset_name, info_log):
     data = mdetr_data()
     del data["images"][0]["tokens_positive_eval"]
     # Annotations out of caption order: the phrases still follow the caption.
     data["annotations"] = data["annotations"][::-1]
     json_file, root = mdetr_files(data)
-    name = f"glip_test_mdetr_{uuid.uuid4().hex[:8]}"
-    records = load_mdetr_grounding_json(json_file, root, name)
+    records = load_mdetr_grounding_json(json_file, root, dataset_name)
     assert records[0]["tokens_positive_eval"] == [[RED_CAT], [SMALL_DOGS]]
     assert records[1]["tokens_positive_eval"] == []  # given in the json (empty)
     said = [m for level, m in info_log if "tokens_positive_eval" in m]
-    assert len(said) == 1 and name in said[0] and "1 of 2 images" in said[0]
+    assert len(said) == 1 and dataset_name in said[0] and "1 of 2 images" in said[0]
     # The test-time prompt has exactly these phrases, in this order.
     out = make_mapper(is_train=False)(records[0])
     assert out["phrases"] == ["red cat", "small dogs"]
-    load_mdetr_grounding_json(json_file, root, name)
+    load_mdetr_grounding_json(json_file, root, dataset_name)
     assert len([m for _, m in info_log if "tokens_positive_eval" in m]) == 1
 
 
 # ---------------------------------------------------------------------------- training check
 
 
-def test_training_set_of_nan_boxes_is_an_error(tmp_path, name):
+def test_training_set_of_nan_boxes_is_an_error(tmp_path, dataset_name):
     nan_boxes = {i: (img, [NAN, NAN, NAN, NAN]) for i, (img, _) in BOXES.items()}
     json_file = _coco(tmp_path / "nan.json", nan_boxes)
-    register_coco_grounding(name, {}, json_file, str(tmp_path))
-    records = DatasetCatalog.get(name)
+    register_coco_grounding(dataset_name, {}, json_file, str(tmp_path))
+    records = DatasetCatalog.get(dataset_name)
     assert all(r["annotations"] == [] for r in records)
     with pytest.raises(
         ValueError,
-        match=rf"'{name}'.*when loading, 9 of 9 annotations have invalid boxes: dropped 9",
+        match=rf"'{dataset_name}'.*when loading, 9 of 9 annotations have invalid boxes: dropped 9",
     ):
-        check_training_records(records, name)
+        check_training_records(records, dataset_name)
     # Filtered first (Detectron2's filter_empty): still the same error.
     with pytest.raises(
         ValueError, match="when loading, 9 of 9 annotations have invalid boxes: dropped 9"
     ):
-        check_training_records([], name)
+        check_training_records([], dataset_name)
 
 
-def test_training_set_with_one_valid_box_passes(tmp_path, name):
+def test_training_set_with_one_valid_box_passes(tmp_path, dataset_name):
     json_file = _coco(tmp_path / "bad.json")
-    check_training_records(load_coco_grounding_json(json_file, str(tmp_path), name), name)
+    check_training_records(
+        load_coco_grounding_json(json_file, str(tmp_path), dataset_name), dataset_name
+    )
 
 
 def test_training_records_of_another_loader_are_checked():
@@ -196,7 +165,7 @@ def test_training_records_of_another_loader_are_checked():
         check_training_records([record([2, 2, 3, 12], bbox_mode=0)], "own")
 
 
-def test_trainer_rejects_a_training_set_without_valid_boxes(tmp_path, name):
+def test_trainer_rejects_a_training_set_without_valid_boxes(tmp_path, dataset_name):
     """``GLIPTrainer.build_train_loader`` stops on a training set whose boxes are all NaN."""
     from detectron2.config import get_cfg
 
@@ -204,9 +173,11 @@ def test_trainer_rejects_a_training_set_without_valid_boxes(tmp_path, name):
     from glip_d2.engine import GLIPTrainer
 
     nan_boxes = {i: (img, [NAN, 1.0, 2.0, 3.0]) for i, (img, _) in BOXES.items()}
-    register_coco_grounding(name, {}, _coco(tmp_path / "nan.json", nan_boxes), str(tmp_path))
+    register_coco_grounding(
+        dataset_name, {}, _coco(tmp_path / "nan.json", nan_boxes), str(tmp_path)
+    )
     cfg = get_cfg()
     add_glip_config(cfg)
-    cfg.DATASETS.TRAIN = (name,)
-    with pytest.raises(ValueError, match=rf"Training set '{name}' has no valid box"):
+    cfg.DATASETS.TRAIN = (dataset_name,)
+    with pytest.raises(ValueError, match=rf"Training set '{dataset_name}' has no valid box"):
         GLIPTrainer.build_train_loader(cfg)

@@ -1,23 +1,11 @@
 """Fixtures for the evaluator tests: synthetic datasets registered under unique names."""
 
-import uuid
 from typing import Callable, Dict, List, Sequence
 
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
-
-
-@pytest.fixture
-def dataset_name():
-    """A unique dataset name, removed from both catalogs at teardown."""
-    name = f"glip_test_eval_{uuid.uuid4().hex[:8]}"
-    yield name
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    if name in MetadataCatalog.list():
-        MetadataCatalog.remove(name)
 
 
 @pytest.fixture

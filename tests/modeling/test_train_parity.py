@@ -15,18 +15,16 @@ Tolerances are the README's for an independent float32 CPU implementation.
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from official_fixtures import convert_fixture_config
 
 import glip_d2.modeling.head.loss as loss_module
-from glip_d2.config import add_glip_config
 from glip_d2.utils.checkpoint import convert_official_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,23 +59,7 @@ def _load(name):
 
 
 def _converted_cfg(tmp_path):
-    out = tmp_path / "glip_train_parity.yaml"
-    cmd = [
-        sys.executable,
-        str(ROOT / "tools" / "convert_glip_config.py"),
-        str(FIXTURE / "config.yaml"),
-        "-o",
-        str(out),
-        "--bert-config",
-        str(FIXTURE / "bert_config.json"),
-        "--quiet",
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert res.returncode == 0, res.stderr
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(str(out))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = convert_fixture_config(FIXTURE, tmp_path)
     # The recording ran with every stochastic part off (README "How to feed it", step 1).
     cfg.MODEL.FUSION.DROPOUT = 0.0
     cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
