@@ -19,6 +19,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from ..annotation_checks import MIN_TRAINING_BOX_SIDE
 from ..prompts import (
     DetectionPromptSampler,
     Prompt,
@@ -290,7 +291,8 @@ class GroundingDatasetMapper:
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
         # Official boxes are inclusive pixels (x2 = x + w - 1); width <= 1 is empty there.
-        keep = (boxes[:, 2] - boxes[:, 0] > 1) & (boxes[:, 3] - boxes[:, 1] > 1)
+        side = MIN_TRAINING_BOX_SIDE
+        keep = (boxes[:, 2] - boxes[:, 0] > side) & (boxes[:, 3] - boxes[:, 1] > side)
         for a, k in zip(annos, keep):
             if not k:
                 logger.debug(
