@@ -28,7 +28,7 @@ from ..evaluation import build_evaluator
 from ..utils.checkpoint import GLIPCheckpointer
 from .hooks import EMAHook, ModelEMA, RNGState, unwrap_model
 from .visualize import visualize_dataset_predictions
-from .weight_decay_schedule import build_weight_decay_schedule
+from .weight_decay_schedule import build_weight_decay_schedule, lr_milestones
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class GLIPTrainer(DefaultTrainer):
                 f"SOLVER.BASE_LR ({cfg.SOLVER.BASE_LR}). Lower SOLVER.WARMUP_ITERS or raise "
                 "SOLVER.MAX_ITER."
             )
-        steps = [int(round(s * max_iter)) if s < 1 else int(s) for s in cfg.SOLVER.STEPS]
+        steps = lr_milestones(cfg.SOLVER.STEPS, max_iter)
         # A milestone at or after the last iteration never applies (and fvcore rejects it).
         steps = [s for s in steps if s < max_iter]
         cfg = cfg.clone()
