@@ -72,6 +72,39 @@ def add_glip_config(cfg: CN) -> None:
     _C.MODEL.FUSION.DOT_PRODUCT_FEATURES = "fused"
     # Run the fusion blocks under torch.utils.checkpoint in training (memory only).
     _C.MODEL.FUSION.USE_CHECKPOINT = False
+    # Attention kernel of the fusion's bidirectional attention, by name (see
+    # glip_d2.modeling.fusion.FUSION_ATTENTION_IMPLS): "eager" = the official arithmetic.
+    _C.MODEL.FUSION.ATTENTION_IMPL = "eager"
+
+    # ---------------------------------------------------------------- GLIPv2 pre-training losses
+    # (GLIPv2 reference §3). Each term is off at weight 0 and then adds no parameter.
+    _C.MODEL.GLIPV2 = CN()
+    # Inter-image region-word contrastive loss L_inter (loss key "loss_region_word").
+    _C.MODEL.GLIPV2.REGION_WORD = CN()
+    _C.MODEL.GLIPV2.REGION_WORD.WEIGHT = 0.0
+    # "paper": the paper's loss (pre-fusion features on both sides; every ATSS-positive anchor,
+    #   the first GT box's included; cross-image positives by concept = normalised category
+    #   name or phrase text; padding rows masked out).
+    # "code": the dormant official code as written ("shallow contrastive loss"): fused text
+    #   features, anchors of GT box 0 never positive, positives by equal dataset category id,
+    #   padding with random negative anchors. For parity with the official fixture.
+    _C.MODEL.GLIPV2.REGION_WORD.MODE = "paper"
+    _C.MODEL.GLIPV2.REGION_WORD.MAX_REGIONS_PER_IMAGE = 100  # ATSS positives kept per image
+    _C.MODEL.GLIPV2.REGION_WORD.EMBED_DIM = 64  # width of both projections
+    _C.MODEL.GLIPV2.REGION_WORD.LOG_SCALE_INIT = 0.0  # learnable log temperature (tau = 1)
+    # Paper mode: identical phrase text in different captions is a positive pair (off: caption
+    # phrases are positives only inside their own image; category names always match).
+    _C.MODEL.GLIPV2.REGION_WORD.PHRASE_POSITIVES = True
+    # Masked language modelling L_mlm (loss key "loss_mlm") on the fused text features.
+    _C.MODEL.GLIPV2.MLM = CN()
+    _C.MODEL.GLIPV2.MLM.WEIGHT = 0.0
+    _C.MODEL.GLIPV2.MLM.MASK_PROB = 0.15  # of the maskable tokens; then 80% [MASK], 10%, 10%
+    # Which tokens are scored: "greenlight" (caption of grounding data, positive category
+    # names of detection data), "all" (every real token) or "none".
+    _C.MODEL.GLIPV2.MLM.SCOPE = "greenlight"
+    # Start the LM head from the language model's own (e.g. BertForMaskedLM's cls.predictions)
+    # when its checkpoint has one; otherwise, and when False, a fresh head (official).
+    _C.MODEL.GLIPV2.MLM.INIT_FROM_LM_HEAD = True
 
     # ---------------------------------------------------------------- head (reference §5.2-§8)
     _C.MODEL.GLIP_HEAD = CN()

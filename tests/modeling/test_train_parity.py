@@ -15,7 +15,6 @@ Tolerances are the README's for an independent float32 CPU implementation.
 """
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from official_fixtures import convert_fixture_config
 
-import glip_d2.modeling.head.loss as loss_module
 from glip_d2.utils.checkpoint import convert_official_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,23 +111,15 @@ def step(tmp_path_factory):
     assert active == [], f"dropout left on, the recording has none: {active}"
 
     inputs = _load("inputs.pth")
-    assignments, head = [], {}
-    atss_assign, glip_losses = loss_module.atss_assign, loss_module.glip_losses
-
-    def recording_assign(*args, **kwargs):
-        out = atss_assign(*args, **kwargs)
-        assignments.append(out)
-        return out
-
-    def recording_losses(logits, deltas, centerness, anchors_per_level, *args, **kwargs):
-        head.update(logits=logits, deltas=deltas, centerness=centerness)
-        head["anchors"] = torch.cat(anchors_per_level)
-        return glip_losses(logits, deltas, centerness, anchors_per_level, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loss_module, "atss_assign", recording_assign)
-        mp.setattr(sys.modules[type(model).__module__], "glip_losses", recording_losses)
-        losses = model(_batch(cfg, inputs))
+    out = model.forward_train(_batch(cfg, inputs))
+    losses = out.losses
+    assignments = list(zip(out.assignment.matched, out.assignment.is_pos))
+    head = {
+        "logits": out.head.flat_logits(),
+        "deltas": out.head.flat_deltas(),
+        "centerness": out.head.flat_centerness(),
+        "anchors": torch.cat(out.anchors),
+    }
     sum(losses.values()).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     return {

@@ -12,20 +12,14 @@ import logging
 from typing import Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+
+from .attention import get_fusion_attention
 
 __all__ = ["BiMultiHeadAttention", "BiAttentionBlock", "VLFuse"]
 
 logger = logging.getLogger(__name__)
-
-# GLIP clamps attention logits to this range (the CLAMP_*_FOR_UNDERFLOW/OVERFLOW flags, on in
-# every released config) so that they stay finite in fp16.
-_CLAMP = 50000.0
-# Additive bias for padded tokens in the image->text softmax (the official value; it overflows
-# to -inf in fp16, as in the official code).
-_MASK_NEG = -9e15
 
 
 class BiMultiHeadAttention(nn.Module):
@@ -47,6 +41,7 @@ class BiMultiHeadAttention(nn.Module):
         num_heads: int = 8,
         dropout: float = 0.1,
         update_lang: bool = True,
+        attention_impl: str = "eager",
     ):
         """
         Args:
@@ -56,6 +51,7 @@ class BiMultiHeadAttention(nn.Module):
             num_heads (int): number of heads.
             dropout (float): dropout on both attention probability maps (training only).
             update_lang (bool): also compute the text branch (image -> text attention).
+            attention_impl (str): kernel name in ``FUSION_ATTENTION_IMPLS``.
         """
         super().__init__()
         if embed_dim % num_heads != 0:
@@ -66,6 +62,8 @@ class BiMultiHeadAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.dropout = dropout
         self.update_lang = update_lang
+        self.attention_impl = attention_impl
+        self.kernel = get_fusion_attention(attention_impl)
 
         self.v_proj = nn.Linear(v_dim, embed_dim)
         self.l_proj = nn.Linear(l_dim, embed_dim)
@@ -117,39 +115,21 @@ class BiMultiHeadAttention(nn.Module):
         query = self._split_heads(self.v_proj(visual) * self.scale)
         key = self._split_heads(self.l_proj(lang))
         value_l = self._split_heads(self.values_l_proj(lang))
-
-        attn = torch.bmm(query, key.transpose(1, 2))  # (B * heads, N, L)
-        attn = attn.clamp(min=-_CLAMP, max=_CLAMP)
-
-        attn_l = None
-        if self.update_lang:
-            # Text branch: each token attends over every image position of every level. The
-            # per-row max subtraction is the official stabiliser; no image mask, pad tokens
-            # included.
-            attn_l = attn.transpose(1, 2)
-            attn_l = attn_l - attn_l.max(dim=-1, keepdim=True)[0]
-            attn_l = attn_l.clamp(min=-_CLAMP, max=_CLAMP).softmax(dim=-1)
-
-        # Image branch: valid tokens get +1 (the official code adds the raw 0/1 mask after
-        # replacing 0 by -9e15; the +1 cancels in the softmax).
-        if attention_mask_l is not None:
-            if attention_mask_l.dim() != 2:
-                raise ValueError("attention_mask_l must be (B, L)")
-            mask_bias = attention_mask_l.to(torch.float32)
-            mask_bias = mask_bias.masked_fill(attention_mask_l == 0, _MASK_NEG).to(attn.dtype)
-            n_img, n_tok = attn.shape[1], attn.shape[2]
-            attn = attn.view(bsz, self.num_heads, n_img, n_tok) + mask_bias[:, None, None, :]
-            attn = attn.view(bsz * self.num_heads, n_img, n_tok)
-        attn_v = attn.softmax(dim=-1)
-
-        attn_v = F.dropout(attn_v, p=self.dropout, training=self.training)
-        out_v = self.out_v_proj(self._merge_heads(torch.bmm(attn_v, value_l), bsz))
-        if attn_l is None:
+        value_v = self._split_heads(self.values_v_proj(visual)) if self.update_lang else None
+        out_v, out_l = self.kernel(
+            query,
+            key,
+            value_l,
+            value_v,
+            attention_mask_l,
+            num_heads=self.num_heads,
+            dropout=self.dropout,
+            training=self.training,
+        )
+        out_v = self.out_v_proj(self._merge_heads(out_v, bsz))
+        if out_l is None:
             return out_v, None
-        attn_l = F.dropout(attn_l, p=self.dropout, training=self.training)
-        value_v = self._split_heads(self.values_v_proj(visual))
-        out_l = self._merge_heads(torch.bmm(attn_l, value_v), bsz)
-        return out_v, self.out_l_proj(out_l)
+        return out_v, self.out_l_proj(self._merge_heads(out_l, bsz))
 
 
 class BiAttentionBlock(nn.Module):
@@ -170,6 +150,7 @@ class BiAttentionBlock(nn.Module):
         dropout: float = 0.1,
         init_values: float = 1e-4,
         update_lang: bool = True,
+        attention_impl: str = "eager",
     ):
         """
         Args:
@@ -180,6 +161,7 @@ class BiAttentionBlock(nn.Module):
             dropout (float): attention-probability dropout.
             init_values (float): initial value of the layer-scale vectors (GLIP: 1/NUM_CONVS).
             update_lang (bool): also return updated token features.
+            attention_impl (str): kernel name in ``FUSION_ATTENTION_IMPLS``.
         """
         super().__init__()
         self.layer_norm_v = nn.LayerNorm(v_dim)
@@ -191,6 +173,7 @@ class BiAttentionBlock(nn.Module):
             num_heads=num_heads,
             dropout=dropout,
             update_lang=update_lang,
+            attention_impl=attention_impl,
         )
         self.gamma_v = nn.Parameter(init_values * torch.ones(v_dim))
         if update_lang:
@@ -256,6 +239,7 @@ class VLFuse(nn.Module):
         init_values: float = 1e-4,
         use_checkpoint: bool = False,
         update_lang: bool = True,
+        attention_impl: str = "eager",
     ):
         """
         Args:
@@ -264,6 +248,7 @@ class VLFuse(nn.Module):
             use_checkpoint (bool): recompute the fusion in the backward pass during training
                 (activation checkpointing; saves memory, numerically neutral).
             update_lang (bool): also update ``lang["hidden"]`` (else it passes through).
+            attention_impl (str): kernel name in ``FUSION_ATTENTION_IMPLS``.
         """
         super().__init__()
         self.b_attn = BiAttentionBlock(
@@ -274,6 +259,7 @@ class VLFuse(nn.Module):
             dropout=dropout,
             init_values=init_values,
             update_lang=update_lang,
+            attention_impl=attention_impl,
         )
         self.use_checkpoint = use_checkpoint
         self.update_lang = update_lang

@@ -9,6 +9,7 @@ this convention on input and back on output.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import torch
@@ -184,3 +185,44 @@ def atss_assign(
     ious_inf[candidates[is_pos], gt_index[is_pos]] = ious[candidates[is_pos], gt_index[is_pos]]
     best, matched = ious_inf.max(dim=1)
     return matched, best != -float("inf")
+
+
+@dataclass
+class ATSSAssignment:
+    """The ATSS assignment of a batch (reference §7).
+
+    Attributes:
+        matched (Tensor): (B, A) int64, per anchor the index of its assigned GT box in its
+            image; where ``is_pos`` is False it is 0 (the official argmax of an all -inf row).
+        is_pos (Tensor): (B, A) bool, the positive anchors.
+    """
+
+    matched: torch.Tensor
+    is_pos: torch.Tensor
+
+    @property
+    def num_pos(self) -> torch.Tensor:
+        """Positive anchors in the batch (0-d int64)."""
+        return self.is_pos.sum()
+
+
+class ATSSAssigner:
+    """Adaptive training sample selection for a batch: :func:`atss_assign` per image.
+
+    Args:
+        topk (int): closest anchors per level per GT box (``MODEL.ATSS.TOPK``).
+    """
+
+    def __init__(self, topk: int = 9):
+        self.topk = topk
+
+    def __call__(
+        self, anchors_per_level: List[torch.Tensor], gt_boxes: List[torch.Tensor]
+    ) -> ATSSAssignment:
+        """
+        Args:
+            anchors_per_level: per level (A_l, 4) inclusive XYXY, shared by the batch.
+            gt_boxes: per image (G_i, 4) inclusive XYXY.
+        """
+        matched, is_pos = zip(*(atss_assign(anchors_per_level, b, self.topk) for b in gt_boxes))
+        return ATSSAssignment(torch.stack(matched), torch.stack(is_pos))

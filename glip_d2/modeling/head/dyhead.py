@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from ..fusion import BertFusionLayer, VLFuse
+from ..fusion.bert_layer import BertFusionLayer
+from ..fusion.bi_attention import VLFuse
 
 __all__ = [
     "ModulatedDeformConv",
@@ -291,6 +292,7 @@ def build_vldyhead_tower(
     use_dyfuse: bool = True,
     use_deform: bool = True,
     use_checkpoint: bool = False,
+    attention_impl: str = "eager",
 ) -> nn.Sequential:
     """Build GLIP's ``dyhead_tower`` with the official module indices.
 
@@ -318,6 +320,7 @@ def build_vldyhead_tower(
         num_groups (int): GroupNorm groups in the DyHead convs.
         use_dyrelu, use_dyfuse, use_deform (bool): see :class:`DyConv`.
         use_checkpoint (bool): activation checkpointing of the fusion in training.
+        attention_impl (str): the fusion's attention kernel (``MODEL.FUSION.ATTENTION_IMPL``).
 
     Returns:
         nn.Sequential: the tower.
@@ -340,6 +343,7 @@ def build_vldyhead_tower(
                     init_values=1.0 / num_convs,
                     use_checkpoint=use_checkpoint,
                     update_lang=update_lang,
+                    attention_impl=attention_impl,
                 )
             )
             tower.append(BertFusionLayer(bert_config) if update_lang else nn.Identity())

@@ -124,3 +124,79 @@ def postprocess_image(
         keep = scores >= kth
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     return boxes, scores, labels
+
+
+class GLIPPostProcessor:
+    """The official test-time post-processing (reference §8) with its settings, for one image
+    of a head pass at a time.
+
+    Args:
+        box_coder (GLIPBoxCoder): decodes the deltas.
+        score_thresh (float): on the entry score before centerness (``ATSS.INFERENCE_TH``).
+        pre_nms_top_n (int): candidates per level.
+        nms_thresh (float): per-entry NMS IoU.
+        detections_per_img (int): final cap.
+        score_agg (str): token-to-entry score aggregation, ``"MEAN"`` or ``"MAX"``.
+    """
+
+    def __init__(
+        self,
+        box_coder: GLIPBoxCoder,
+        *,
+        score_thresh: float = 0.05,
+        pre_nms_top_n: int = 1000,
+        nms_thresh: float = 0.6,
+        detections_per_img: int = 100,
+        score_agg: str = "MEAN",
+    ):
+        self.box_coder = box_coder
+        self.score_thresh = score_thresh
+        self.pre_nms_top_n = pre_nms_top_n
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.score_agg = score_agg
+
+    @classmethod
+    def from_config(cls, cfg, box_coder: GLIPBoxCoder) -> GLIPPostProcessor:
+        atss = cfg.MODEL.ATSS
+        return cls(
+            box_coder,
+            score_thresh=atss.INFERENCE_TH,
+            pre_nms_top_n=atss.PRE_NMS_TOP_N,
+            nms_thresh=atss.NMS_TH,
+            detections_per_img=atss.DETECTIONS_PER_IMG,
+            score_agg=cfg.MODEL.GLIP_HEAD.SCORE_AGG,
+        )
+
+    def __call__(
+        self,
+        logits: Sequence[torch.Tensor],
+        deltas: Sequence[torch.Tensor],
+        centerness: Sequence[torch.Tensor],
+        anchors: Sequence[torch.Tensor],
+        index: int,
+        positive_map: torch.Tensor,
+        image_size: Tuple[int, int],
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Detections of image ``index`` of a head pass: inclusive boxes in resized-image
+        pixels, scores and prompt-entry indices (see :func:`postprocess_image`).
+
+        Args:
+            logits, deltas, centerness: the head's per-level outputs for the whole batch.
+            anchors: per level (A_l, 4).
+            positive_map (Tensor): (K, L') tokens of each prompt entry, L' <= L.
+        """
+        return postprocess_image(
+            [lg[index] for lg in logits],
+            [d[index].permute(1, 2, 0).reshape(-1, 4) for d in deltas],
+            [c[index].reshape(-1) for c in centerness],
+            anchors,
+            positive_map.to(logits[0].device),
+            image_size,
+            self.box_coder,
+            score_thresh=self.score_thresh,
+            pre_nms_top_n=self.pre_nms_top_n,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+            score_agg=self.score_agg,
+        )

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.utils import comm
 
-from .atss import GLIPBoxCoder, atss_assign
+from .atss import ATSSAssigner, ATSSAssignment, GLIPBoxCoder
 
 
 def token_sigmoid_focal_loss(
@@ -67,6 +67,90 @@ def _global_mean(value: torch.Tensor) -> float:
     return float(value) / world
 
 
+def token_targets(
+    assignment: ATSSAssignment, gt_token_maps: List[torch.Tensor], num_tokens: int
+) -> torch.Tensor:
+    """(B, A, L) 0/1 targets of the token loss: the token map of each positive anchor's box;
+    unmatched anchors point at the last slot, the official "no object" token."""
+    targets = []
+    for matched, is_pos, token_map in zip(assignment.matched, assignment.is_pos, gt_token_maps):
+        target = torch.zeros(matched.shape[0], num_tokens, device=matched.device)
+        if token_map.shape[0] > 0:
+            target[is_pos] = token_map[matched[is_pos]].to(target.dtype)
+        target[~is_pos, -1] = 1.0
+        targets.append(target)
+    return torch.stack(targets)
+
+
+def num_pos_average(assignment: ATSSAssignment) -> float:
+    """The official normaliser: positives summed over the batch, averaged over processes, >= 1."""
+    return max(_global_mean(assignment.num_pos.float()), 1.0)
+
+
+def token_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    text_masks: torch.Tensor,
+    num_pos_avg: float,
+    *,
+    focal_alpha: float,
+    focal_gamma: float,
+) -> torch.Tensor:
+    """Focal loss summed over (anchor, real token) pairs, divided by ``num_pos_avg``.
+
+    Args:
+        logits (Tensor): (B, A, L) dot-product logits; ``targets`` the same shape.
+        text_masks (Tensor): (B, L) attention mask; only these tokens count.
+    """
+    focal = token_sigmoid_focal_loss(logits.float(), targets, focal_alpha, focal_gamma)
+    focal = focal * text_masks[:, None, :].to(focal.dtype)
+    return focal.sum() / num_pos_avg
+
+
+def box_losses(
+    deltas: torch.Tensor,
+    centerness: torch.Tensor,
+    anchors: torch.Tensor,
+    assignment: ATSSAssignment,
+    gt_boxes: List[torch.Tensor],
+    box_coder: GLIPBoxCoder,
+    num_pos_avg: float,
+) -> Dict[str, torch.Tensor]:
+    """GIoU (weighted by the centerness targets) and centerness losses of the positives.
+
+    Args:
+        deltas (Tensor): (B, A, 4); ``centerness`` (B, A) logits; ``anchors`` (A, 4).
+        gt_boxes: per image (G_i, 4) inclusive XYXY.
+
+    Returns:
+        dict: ``loss_giou`` (unweighted), ``loss_centerness``.
+    """
+    pos_mask = assignment.is_pos
+    pos_deltas = deltas[pos_mask].float()
+    pos_ctr = centerness[pos_mask].float()
+    if pos_deltas.shape[0] == 0:
+        # Keep every output in the graph so that DDP sees gradients for all parameters, and
+        # join the other processes' all-reduce of the centerness sum.
+        if comm.get_world_size() > 1:
+            _global_mean(torch.zeros((), device=deltas.device))
+        return {"loss_giou": deltas.sum() * 0.0, "loss_centerness": centerness.sum() * 0.0}
+    batch = deltas.shape[0]
+    pos_anchors = anchors[None].expand(batch, -1, -1)[pos_mask]
+    gt = torch.cat(
+        [b[m[p]] for b, m, p in zip(gt_boxes, assignment.matched, pos_mask) if b.shape[0] > 0]
+    )
+    # Targets are encoded then decoded, as the official loss does.
+    gt_decoded = box_coder.decode(box_coder.encode(gt, pos_anchors), pos_anchors)
+    ctr_targets = centerness_targets(gt_decoded, pos_anchors)
+    ctr_sum_avg = _global_mean(ctr_targets.sum().detach())
+    pred = box_coder.decode(pos_deltas, pos_anchors)
+    loss_giou = giou_loss_sum(pred, gt_decoded, ctr_targets) / ctr_sum_avg
+    loss_ctr = (
+        F.binary_cross_entropy_with_logits(pos_ctr, ctr_targets, reduction="sum") / num_pos_avg
+    )
+    return {"loss_giou": loss_giou, "loss_centerness": loss_ctr}
+
+
 def glip_losses(
     logits: torch.Tensor,
     deltas: torch.Tensor,
@@ -83,7 +167,8 @@ def glip_losses(
     token_loss_weight: float,
     reg_loss_weight: float,
 ) -> Dict[str, torch.Tensor]:
-    """Token focal loss, GIoU and centerness losses of a batch.
+    """GLIP's three training losses of a batch in one call (ATSS assignment included); the
+    model computes the same through :class:`glip_d2.modeling.criterion.GLIPCriterion`.
 
     Args:
         logits (Tensor): (B, A, L) dot-product logits, all levels concatenated (P3 first).
@@ -97,47 +182,23 @@ def glip_losses(
         dict: ``loss_token``, ``loss_giou``, ``loss_centerness``. Normalised by the positive
         count and the centerness-target sum averaged over processes (reference §7).
     """
-    anchors = torch.cat(anchors_per_level, dim=0)
-    batch, num_anchors, num_tokens = logits.shape
-    token_targets, box_targets, pos_masks = [], [], []
-    for boxes, token_map in zip(gt_boxes, gt_token_maps):
-        matched, is_pos = atss_assign(anchors_per_level, boxes, topk)
-        target = torch.zeros(num_anchors, num_tokens, device=logits.device)
-        if boxes.shape[0] > 0:
-            target[is_pos] = token_map[matched[is_pos]].to(target.dtype)
-            box_targets.append(boxes[matched[is_pos]])
-        # Unmatched anchors point at the last slot, the official "no object" token.
-        target[~is_pos, -1] = 1.0
-        token_targets.append(target)
-        pos_masks.append(is_pos)
-    token_targets = torch.stack(token_targets)
-    pos_mask = torch.stack(pos_masks)
-
-    num_pos = pos_mask.sum()
-    num_pos_avg = max(_global_mean(num_pos.float()), 1.0)
-
-    focal = token_sigmoid_focal_loss(logits.float(), token_targets, focal_alpha, focal_gamma)
-    focal = focal * text_masks[:, None, :].to(focal.dtype)
-    loss_token = focal.sum() / num_pos_avg * token_loss_weight
-
-    pos_deltas = deltas[pos_mask].float()
-    pos_ctr = centerness[pos_mask].float()
-    if pos_deltas.shape[0] > 0:
-        pos_anchors = anchors[None].expand(batch, -1, -1)[pos_mask]
-        gt = torch.cat(box_targets)
-        # Targets are encoded then decoded, as the official loss does.
-        gt_decoded = box_coder.decode(box_coder.encode(gt, pos_anchors), pos_anchors)
-        ctr_targets = centerness_targets(gt_decoded, pos_anchors)
-        ctr_sum_avg = _global_mean(ctr_targets.sum().detach())
-        pred = box_coder.decode(pos_deltas, pos_anchors)
-        loss_giou = giou_loss_sum(pred, gt_decoded, ctr_targets) / ctr_sum_avg * reg_loss_weight
-        loss_ctr = (
-            F.binary_cross_entropy_with_logits(pos_ctr, ctr_targets, reduction="sum") / num_pos_avg
-        )
-    else:
-        # Keep every output in the graph so that DDP sees gradients for all parameters.
-        loss_giou = deltas.sum() * 0.0
-        loss_ctr = centerness.sum() * 0.0
-        if comm.get_world_size() > 1:
-            _global_mean(torch.zeros((), device=logits.device))
-    return {"loss_token": loss_token, "loss_giou": loss_giou, "loss_centerness": loss_ctr}
+    assignment = ATSSAssigner(topk)(anchors_per_level, gt_boxes)
+    num_pos_avg = num_pos_average(assignment)
+    targets = token_targets(assignment, gt_token_maps, logits.shape[-1])
+    loss_token = token_loss(
+        logits, targets, text_masks, num_pos_avg, focal_alpha=focal_alpha, focal_gamma=focal_gamma
+    )
+    box = box_losses(
+        deltas,
+        centerness,
+        torch.cat(anchors_per_level),
+        assignment,
+        gt_boxes,
+        box_coder,
+        num_pos_avg,
+    )
+    return {
+        "loss_token": loss_token * token_loss_weight,
+        "loss_giou": box["loss_giou"] * reg_loss_weight,
+        "loss_centerness": box["loss_centerness"],
+    }

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -13,13 +14,30 @@ from torch import nn
 
 from ...utils.checkpoint import convert_official_state_dict, is_official_glip_state_dict
 from ...utils.phrases import PhraseList
-from ..head.atss import GLIPBoxCoder, cell_anchor, grid_anchors
-from ..head.glip_head import GLIPHead
-from ..head.inference import postprocess_image
-from ..head.loss import glip_losses
+from ..criterion import GLIPCriterion, build_criterion
+from ..fusion.tower import DenseHeadOutputs, VLDyHead
+from ..head.atss import ATSSAssigner, ATSSAssignment, GLIPBoxCoder, cell_anchor, grid_anchors
+from ..head.inference import GLIPPostProcessor
 from ..language import build_language_backbone
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingStep:
+    """One training forward: the losses, and what they were computed from.
+
+    Attributes:
+        losses (dict): loss name -> weighted scalar (what ``forward`` returns in training).
+        head (DenseHeadOutputs): the head pass.
+        assignment (ATSSAssignment): the ATSS assignment of the batch.
+        anchors (list): per level (A_l, 4) inclusive anchors.
+    """
+
+    losses: Dict[str, torch.Tensor]
+    head: DenseHeadOutputs
+    assignment: ATSSAssignment
+    anchors: List[torch.Tensor]
 
 
 @META_ARCH_REGISTRY.register()
@@ -42,8 +60,9 @@ class GLIP(nn.Module):
 
     Output (inference): ``[{"instances": Instances}]`` in original-image pixels with
     ``pred_boxes`` (continuous XYXY, inside the image), ``scores``, ``pred_classes`` and
-    ``pred_phrases`` (a :class:`PhraseList` of str). Training returns ``loss_token``,
-    ``loss_giou`` and ``loss_centerness``.
+    ``pred_phrases`` (a :class:`PhraseList` of str). Training returns the criterion's losses:
+    ``loss_token``, ``loss_giou`` and ``loss_centerness``, plus GLIPv2's ``loss_region_word``
+    and ``loss_mlm`` when their weights are > 0.
 
     Boxes are handled in the official inclusive convention inside (``x2 = x + w - 1``); the
     conversion happens once on the way in (``x2 - 1``) and once on the way out (``+ 1`` after
@@ -56,7 +75,11 @@ class GLIP(nn.Module):
         *,
         backbone: Backbone,
         language_backbone: nn.Module,
-        head: GLIPHead,
+        head: VLDyHead,
+        assigner: ATSSAssigner,
+        criterion: GLIPCriterion,
+        postprocessor: GLIPPostProcessor,
+        mask_head: Optional[nn.Module] = None,
         in_features: Sequence[str],
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -64,17 +87,6 @@ class GLIP(nn.Module):
         size_divisibility: int = 32,
         anchor_sizes: Sequence[float],
         anchor_strides: Sequence[int],
-        box_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-        atss_topk: int = 9,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        token_loss_weight: float = 1.0,
-        reg_loss_weight: float = 2.0,
-        score_thresh: float = 0.05,
-        pre_nms_top_n: int = 1000,
-        nms_thresh: float = 0.6,
-        detections_per_img: int = 100,
-        score_agg: str = "MEAN",
         max_query_len: int = 256,
         tuning_mode: str = "full",
         prompt_batch_size: int = 8,
@@ -83,7 +95,11 @@ class GLIP(nn.Module):
         Args:
             backbone: Swin/ResNet + FPN giving ``in_features`` (P3-P7).
             language_backbone: text encoder (see ``LANGUAGE_BACKBONE_REGISTRY``).
-            head (GLIPHead): fusion tower and predictions.
+            head (VLDyHead): fusion tower and dense predictions.
+            assigner (ATSSAssigner): training-time anchor assignment.
+            criterion (GLIPCriterion): the named loss terms and their weights.
+            postprocessor (GLIPPostProcessor): test-time boxes from the dense predictions.
+            mask_head: optional mask head on the fused maps (None: boxes only).
             anchor_sizes, anchor_strides: one square anchor per location and level.
             tuning_mode (str): which parameters train (reference §12): ``"full"`` all;
                 ``"prompt_tuning"`` (official ``language_prompt_v2``) only the added
@@ -93,7 +109,6 @@ class GLIP(nn.Module):
                 ``bias_lang``, ``bias0``).
             prompt_batch_size (int): (image, prompt chunk) pairs per language/head pass at
                 inference (memory grows with it).
-            Other arguments: the ATSS loss and post-processing settings (reference §7-§8).
         """
         super().__init__()
         self.backbone = backbone
@@ -104,17 +119,10 @@ class GLIP(nn.Module):
         self.size_divisibility = size_divisibility
         self.anchor_sizes = list(anchor_sizes)
         self.anchor_strides = list(anchor_strides)
-        self.box_coder = GLIPBoxCoder(box_reg_weights)
-        self.atss_topk = atss_topk
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
-        self.token_loss_weight = token_loss_weight
-        self.reg_loss_weight = reg_loss_weight
-        self.score_thresh = score_thresh
-        self.pre_nms_top_n = pre_nms_top_n
-        self.nms_thresh = nms_thresh
-        self.detections_per_img = detections_per_img
-        self.score_agg = score_agg
+        self.assigner = assigner
+        self.criterion = criterion
+        self.postprocessor = postprocessor
+        self.mask_head = mask_head
         self.max_query_len = max_query_len
         self.prompt_batch_size = prompt_batch_size
         if tuning_mode not in self.TUNING_MODES:
@@ -174,11 +182,15 @@ class GLIP(nn.Module):
         channels = {shapes[f].channels for f in in_features}
         if len(channels) != 1:
             raise ValueError(f"GLIP head needs equal channels on {in_features}, got {channels}")
-        head = GLIPHead(
+        bert_config = language_backbone.bert_config
+        visual_dim = channels.pop()
+        needs_fused_text = cfg.MODEL.GLIPV2.MLM.WEIGHT > 0
+        head = VLDyHead(
             cfg,
-            in_channels=channels.pop(),
+            in_channels=visual_dim,
             lang_dim=language_backbone.out_dim,
-            bert_config=language_backbone.bert_config,
+            bert_config=bert_config,
+            keep_last_text_update=needs_fused_text,
         )
         strides = [shapes[f].stride for f in in_features]
         if list(strides) != list(cfg.MODEL.ATSS.ANCHOR_STRIDES):
@@ -186,11 +198,23 @@ class GLIP(nn.Module):
                 f"MODEL.ATSS.ANCHOR_STRIDES {list(cfg.MODEL.ATSS.ANCHOR_STRIDES)} differ from the "
                 f"backbone strides {strides} of {in_features}"
             )
-        atss, gh = cfg.MODEL.ATSS, cfg.MODEL.GLIP_HEAD
+        atss = cfg.MODEL.ATSS
+        box_coder = GLIPBoxCoder(atss.BBOX_REG_WEIGHTS)
+        criterion = build_criterion(
+            cfg,
+            box_coder=box_coder,
+            visual_dim=visual_dim,
+            lang_dim=language_backbone.out_dim,
+            bert_config=bert_config,
+            language_backbone=language_backbone,
+        )
         return {
             "backbone": backbone,
             "language_backbone": language_backbone,
             "head": head,
+            "assigner": ATSSAssigner(atss.TOPK),
+            "criterion": criterion,
+            "postprocessor": GLIPPostProcessor.from_config(cfg, box_coder),
             "in_features": in_features,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -198,17 +222,6 @@ class GLIP(nn.Module):
             "size_divisibility": cfg.DATALOADER.SIZE_DIVISIBILITY,
             "anchor_sizes": atss.ANCHOR_SIZES,
             "anchor_strides": atss.ANCHOR_STRIDES,
-            "box_reg_weights": atss.BBOX_REG_WEIGHTS,
-            "atss_topk": atss.TOPK,
-            "focal_alpha": gh.FOCAL_ALPHA,
-            "focal_gamma": gh.FOCAL_GAMMA,
-            "token_loss_weight": gh.TOKEN_LOSS_WEIGHT,
-            "reg_loss_weight": gh.REG_LOSS_WEIGHT,
-            "score_thresh": atss.INFERENCE_TH,
-            "pre_nms_top_n": atss.PRE_NMS_TOP_N,
-            "nms_thresh": atss.NMS_TH,
-            "detections_per_img": atss.DETECTIONS_PER_IMG,
-            "score_agg": gh.SCORE_AGG,
             "max_query_len": cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN,
             "tuning_mode": cfg.SOLVER.TUNING_MODE,
             "prompt_batch_size": cfg.TEST.PROMPT_BATCH_SIZE,
@@ -284,24 +297,39 @@ class GLIP(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         """See the class docstring for the input and output formats."""
+        if self.training:
+            return self.forward_train(batched_inputs).losses
         images = self.preprocess_image(batched_inputs)
         features = self.extract_features(images)
-        if self.training:
-            input_ids = self._stack_prompt(batched_inputs, "input_ids", self.device)
-            attention_mask = self._stack_prompt(batched_inputs, "attention_mask", self.device)
-            return self.losses(batched_inputs, images, features, input_ids, attention_mask)
         return self.inference(batched_inputs, images, features)
+
+    def dense_head(
+        self, features: List[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> DenseHeadOutputs:
+        """Language backbone + fusion head for one prompt per image (see ``VLDyHead``)."""
+        return self.head(features, self.encode_text(input_ids, attention_mask))
 
     def run_head(
         self, features: List[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor], Dict]:
-        """Language backbone + head for one prompt per image; see ``GLIPHead.forward``."""
-        lang = self.encode_text(input_ids, attention_mask)
-        logits, deltas, centerness = self.head(features, lang)
-        return logits, deltas, centerness, lang
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor], DenseHeadOutputs]:
+        """The per-level (logits, deltas, centerness) of :meth:`dense_head`, and its output."""
+        out = self.dense_head(features, input_ids, attention_mask)
+        return out.logits, out.deltas, out.centerness, out
 
-    def losses(self, batched_inputs, images, features, input_ids, attention_mask):
-        logits, deltas, centerness, _ = self.run_head(features, input_ids, attention_mask)
+    def forward_train(self, batched_inputs: List[Dict]) -> TrainingStep:
+        """One training forward: head pass, ATSS assignment and the criterion's losses.
+
+        With GLIPv2's masked language modelling on, the inputs carry ``mlm_input_ids`` (the
+        prompt with masked tokens, made by the mapper); they replace ``input_ids`` for the whole
+        forward, so the grounding losses of the step see the masked prompt (GLIPv2 reference
+        §7.6).
+        """
+        images = self.preprocess_image(batched_inputs)
+        features = self.extract_features(images)
+        ids_key = "mlm_input_ids" if "mlm_input_ids" in batched_inputs[0] else "input_ids"
+        input_ids = self._stack_prompt(batched_inputs, ids_key, self.device)
+        attention_mask = self._stack_prompt(batched_inputs, "attention_mask", self.device)
+        head = self.dense_head(features, input_ids, attention_mask)
         gt_boxes, gt_maps = [], []
         for x in batched_inputs:
             inst = x["instances"].to(self.device)
@@ -309,22 +337,12 @@ class GLIP(nn.Module):
             boxes[:, 2:] -= 1  # continuous -> inclusive (reference §10: x2 = x + w - 1)
             gt_boxes.append(boxes)
             gt_maps.append(inst.gt_positive_map)
-        flat = lambda t, k: t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, k)  # noqa: E731
-        return glip_losses(
-            torch.cat(logits, dim=1),
-            torch.cat([flat(d, 4) for d in deltas], dim=1),
-            torch.cat([flat(c, 1) for c in centerness], dim=1).squeeze(-1),
-            self.anchors(features),
-            gt_boxes,
-            gt_maps,
-            attention_mask,
-            self.box_coder,
-            topk=self.atss_topk,
-            focal_alpha=self.focal_alpha,
-            focal_gamma=self.focal_gamma,
-            token_loss_weight=self.token_loss_weight,
-            reg_loss_weight=self.reg_loss_weight,
+        anchors = self.anchors(features)
+        assignment = self.assigner(anchors, gt_boxes)
+        losses = self.criterion(
+            head, assignment, torch.cat(anchors, dim=0), gt_boxes, gt_maps, batched_inputs
         )
+        return TrainingStep(losses=losses, head=head, assignment=assignment, anchors=anchors)
 
     def detect(
         self,
@@ -338,19 +356,8 @@ class GLIP(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Official post-processing for image ``index`` of the batch (inclusive boxes in
         resized-image pixels, scores, prompt-entry indices)."""
-        return postprocess_image(
-            [lg[index] for lg in logits],
-            [d[index].permute(1, 2, 0).reshape(-1, 4) for d in deltas],
-            [c[index].reshape(-1) for c in centerness],
-            anchors,
-            positive_map.to(self.device),
-            image_size,
-            self.box_coder,
-            score_thresh=self.score_thresh,
-            pre_nms_top_n=self.pre_nms_top_n,
-            nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img,
-            score_agg=self.score_agg,
+        return self.postprocessor(
+            logits, deltas, centerness, anchors, index, positive_map.to(self.device), image_size
         )
 
     @staticmethod
@@ -402,7 +409,8 @@ class GLIP(nn.Module):
             index = torch.tensor([i for i, _ in part], device=self.device)
             same = len(part) == len(batched_inputs) and all(i == k for k, (i, _) in enumerate(part))
             sub = features if same else [f.index_select(0, index) for f in features]
-            logits, deltas, centerness, _ = self.run_head(sub, input_ids, attention_mask)
+            out = self.dense_head(sub, input_ids, attention_mask)
+            logits, deltas, centerness = out.logits, out.deltas, out.centerness
             for k, ((i, _), prompt) in enumerate(zip(part, prompts)):
                 positive_map = self._trimmed_positive_map(prompt["positive_map"], length)
                 boxes, scores, labels = self.detect(
