@@ -17,6 +17,13 @@ its predecessor had at the same stream position (the same ``num_workers`` is nee
 case shifts the batches: a training image that cannot be read (``INPUT.ON_BAD_IMAGE: skip``) is
 replaced by another record, which may have the other orientation; Detectron2's grouping then
 regroups the batches after it, and a run resumed past that point is no longer exact.
+
+Each record reaches the mapper with :data:`STREAM_VISIT_KEY`, its draw number: the k-th time
+(k = 0, 1, ...) this process's stream draws the record, as ``k * world_size + rank``. It is a
+function of the index stream alone (the skipped batches of a resumed run are counted too), so
+it is the same with any ``num_workers`` and after a resume; with one process and a
+``TrainingSampler`` it is the epoch. Per-sample randomness that must differ between passes
+but be reproducible (GLIPv2's MLM masking) is seeded with it.
 """
 
 from __future__ import annotations
@@ -27,10 +34,10 @@ import logging
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
-from detectron2.data import build_detection_train_loader
+from detectron2.data import DatasetFromList, build_detection_train_loader
 from detectron2.data.samplers import GroupedBatchSampler
 from detectron2.utils.file_io import PathManager
-from torch.utils.data import Sampler, get_worker_info
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from ..utils.rng import get_rng_state, set_rng_state
 
@@ -38,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: key of the worker random state a mapped record carries until the loader takes it off
 _WORKER_RNG_KEY = "_glip_worker_rng_state"
+#: record field with the record's draw number in this process's stream (see the module doc)
+STREAM_VISIT_KEY = "stream_visit"
 
 
 def _image_size(file_name: str) -> tuple:
@@ -81,12 +90,22 @@ class ResumableTrainingSampler(Sampler):
         group_ids (np.ndarray or None): (num_records,) group of each record
             (:func:`aspect_ratio_group_ids`); every batch then holds one group, in the order
             Detectron2's aspect-ratio grouping would emit them. None: consecutive indices.
+        num_records (int): N > 0: yield keys ``visits * N + index`` instead of indices,
+            ``visits`` = how often ``index`` came earlier in this stream (skipped batches
+            included); :class:`_VisitedRecords` decodes them. 0: plain indices.
     """
 
-    def __init__(self, sampler: Sampler, batch_size: int, group_ids: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        sampler: Sampler,
+        batch_size: int,
+        group_ids: Optional[np.ndarray] = None,
+        num_records: int = 0,
+    ):
         self.sampler = sampler
         self.batch_size = batch_size
         self.group_ids = group_ids
+        self.num_records = num_records
         self._start = 0
         self._on_start: Optional[Callable[[], None]] = None
         self._worker_rng: Dict[int, Dict[str, Any]] = {}
@@ -117,7 +136,12 @@ class ResumableTrainingSampler(Sampler):
             # A new grouper per iteration: GroupedBatchSampler keeps its buckets.
             grouped = GroupedBatchSampler(self.sampler, self.group_ids, self.batch_size)
             stream = itertools.chain.from_iterable(grouped)
-        collections.deque(itertools.islice(stream, self._start * self.batch_size), maxlen=0)
+        skip = self._start * self.batch_size
+        if self.num_records > 0:
+            skipped = np.fromiter(itertools.islice(stream, skip), dtype=np.int64, count=skip)
+            visits = np.bincount(skipped, minlength=self.num_records)
+        else:
+            collections.deque(itertools.islice(stream, skip), maxlen=0)
         worker = get_worker_info()
         if worker is None:
             on_start, self._on_start = self._on_start, None
@@ -125,7 +149,32 @@ class ResumableTrainingSampler(Sampler):
                 on_start()
         elif worker.id in self._worker_rng:
             set_rng_state(self._worker_rng[worker.id])
-        yield from stream
+        if self.num_records <= 0:
+            yield from stream
+            return
+        for index in stream:
+            yield int(visits[index]) * self.num_records + int(index)
+            visits[index] += 1
+
+
+class _VisitedRecords(Dataset):
+    """The records, indexed by the keys of :class:`ResumableTrainingSampler` (``num_records``
+    set): each comes out as a shallow copy with :data:`STREAM_VISIT_KEY` added."""
+
+    def __init__(self, records: List[Dict[str, Any]], world_size: int, rank: int):
+        # Detectron2's own container (serialised: no copy-on-read growth in workers).
+        self.records = DatasetFromList(records, copy=False)
+        self.world_size = world_size
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int) -> Dict[str, Any]:
+        visits, index = divmod(int(key), len(self.records))
+        record = dict(self.records[index])
+        record[STREAM_VISIT_KEY] = visits * self.world_size + self.rank
+        return record
 
 
 class _RecordWorkerRNG:
@@ -245,15 +294,17 @@ def build_resumable_train_loader(
 
     Returns:
         ResumableTrainLoader: yields lists of ``total_batch_size / world_size`` mapped dicts,
-        the same batches as ``build_detection_train_loader``.
+        the same batches as ``build_detection_train_loader``; each record reaches the mapper
+        with its :data:`STREAM_VISIT_KEY` draw number.
     """
     from detectron2.utils import comm
 
-    batch_size = total_batch_size // comm.get_world_size()
+    world_size = comm.get_world_size()
+    batch_size = total_batch_size // world_size
     group_ids = aspect_ratio_group_ids(dataset) if aspect_ratio_grouping else None
-    resumable = ResumableTrainingSampler(sampler, batch_size, group_ids)
+    resumable = ResumableTrainingSampler(sampler, batch_size, group_ids, num_records=len(dataset))
     loader = build_detection_train_loader(
-        dataset,
+        _VisitedRecords(dataset, world_size, comm.get_rank()),
         mapper=_RecordWorkerRNG(mapper) if num_workers > 0 else mapper,
         sampler=resumable,
         total_batch_size=total_batch_size,

@@ -16,6 +16,7 @@ from PIL import Image
 from glip_d2.config import add_glip_config
 from glip_d2.data import GLIPResize, GroundingDatasetMapper, ImageReadError
 from glip_d2.data.datasets import load_mdetr_grounding_json
+from glip_d2.data.prompts import concept_id, normalize_concept
 
 
 def _rows(positive_map):
@@ -374,3 +375,187 @@ def test_mapper_rejects_bad_policies(tiny_tokenizer):
         GroundingDatasetMapper(
             True, augmentations=[], image_format="BGR", tokenizer=tiny_tokenizer, on_bad_image="x"
         )
+
+
+# ---------------------------------------------------------------------------- GLIPv2 fields
+
+
+def _tokens(tokenizer, ids):
+    return tokenizer.convert_ids_to_tokens(ids.tolist())
+
+
+def _visit(record, visit):
+    return dict(record, stream_visit=visit)
+
+
+def test_detection_concepts_and_gt_prompt_entry(toy_dataset, make_mapper):
+    record = DatasetCatalog.get(toy_dataset)[0]
+    mapper = make_mapper(True, shuffle=True)
+    orders = set()
+    for _ in range(8):
+        out = mapper(record)
+        phrases = out["phrases"]
+        orders.add(tuple(phrases))
+        assert out["prompt_concepts"].dtype == torch.int64
+        assert out["prompt_concepts"].tolist() == [concept_id(p) for p in phrases]
+        assert out["prompt_is_phrase"].tolist() == [False] * len(phrases)
+        inst = out["instances"]
+        entry = inst.gt_prompt_entry
+        assert entry.dtype == torch.int64
+        # Each box points at its category's row, whatever the shuffled prompt order.
+        assert [phrases[k] for k in entry.tolist()] == ["cat", "dog"]
+        assert out["prompt_class_ids"][entry].tolist() == inst.gt_classes.tolist()
+        assert torch.equal(out["positive_map"][entry], inst.gt_positive_map)
+    assert len(orders) == 2  # both orders were seen, so the rows were not the class ids
+
+
+def test_grounding_concepts_and_gt_prompt_entry(mdetr_files, make_mapper):
+    out = make_mapper(True)(_grounding_dicts(mdetr_files)[0])
+    assert out["prompt_is_phrase"].tolist() == [True, True]
+    assert out["prompt_concepts"].tolist() == [concept_id("red cat"), concept_id("small dogs")]
+    inst = out["instances"]
+    assert inst.gt_prompt_entry.tolist() == [0, 1, 1]
+    assert torch.equal(out["positive_map"][inst.gt_prompt_entry], inst.gt_positive_map)
+
+
+def test_concepts_match_across_datasets_and_captions(
+    toy_dataset, mdetr_files, make_mapper, dataset_name
+):
+    assert normalize_concept("  Hot \t Dog. ") == "hot dog"
+    assert concept_id("Hot  dog") == concept_id("hot dog.") != concept_id("hotdog")
+    assert 0 <= concept_id("person") < 2**62
+    mapper = make_mapper(True)
+    toy = mapper(DatasetCatalog.get(toy_dataset)[0])
+    # A second detection set naming "Dog" (another case) at another class index.
+    MetadataCatalog.get(dataset_name).set(thing_classes=["bird", "Dog"])
+    other = copy.deepcopy(DatasetCatalog.get(toy_dataset)[1])
+    other["dataset_name"] = dataset_name
+    other["annotations"][0]["category_id"] = 1
+    other_out = mapper(other)
+    assert other_out["phrases"] == ["bird", "Dog"]
+    assert other_out["prompt_concepts"][1] == toy["prompt_concepts"][1]  # "Dog" == "dog"
+    assert other_out["prompt_concepts"][0] not in toy["prompt_concepts"].tolist()
+    # The phrase "dogs" of two different captions, and "cat" in a caption vs the category.
+    record = _grounding_dicts(mdetr_files)[0]
+    first = dict(record, annotations=[dict(record["annotations"][1], tokens_positive=[[28, 32]])])
+    second = dict(
+        record,
+        caption="three dogs, one cat",
+        annotations=[
+            dict(record["annotations"][1], tokens_positive=[[6, 10]]),
+            dict(record["annotations"][0], tokens_positive=[[16, 19]]),
+        ],
+    )
+    a, b = mapper(first), mapper(second)
+    assert a["phrases"] == ["dogs"] and b["phrases"] == ["dogs", "cat"]
+    assert a["prompt_concepts"][0] == b["prompt_concepts"][0]
+    assert b["prompt_concepts"][1] == toy["prompt_concepts"][0]  # phrase "cat" == "cat"
+    assert b["prompt_concepts"][0] != b["prompt_concepts"][1]
+
+
+def test_mlm_scores_only_positive_category_names(toy_dataset, make_mapper, tiny_tokenizer):
+    record = _visit(DatasetCatalog.get(toy_dataset)[1], 0)  # one "dog" box; prompt "cat. dog"
+    out = make_mapper(True, mlm=True, mlm_mask_prob=1.0)(record)  # every real token selected
+    assert out["greenlight_map"].dtype == torch.int8
+    assert out["greenlight_map"][:6].tolist() == [0, 0, 0, 1, 0, -1]  # [CLS] cat . dog [SEP]
+    assert (out["greenlight_map"][5:] == -1).all()
+    labels = out["mlm_labels"]
+    assert labels.dtype == torch.int64 and out["mlm_input_ids"].dtype == torch.int64
+    assert (labels != -100).nonzero().flatten().tolist() == [3]
+    assert labels[3] == tiny_tokenizer.convert_tokens_to_ids("dog")
+    assert torch.equal(out["mlm_input_ids"][5:], out["input_ids"][5:])  # [PAD] untouched
+    assert out["input_ids"][:5].tolist() == tiny_tokenizer.convert_tokens_to_ids(
+        ["[CLS]", "cat", ".", "dog", "[SEP]"]
+    )  # input_ids stay the clean prompt
+
+
+def test_mlm_scores_the_whole_caption(mdetr_files, make_mapper, tiny_tokenizer):
+    record = _visit(_grounding_dicts(mdetr_files)[0], 0)
+    out = make_mapper(True, mlm=True, mlm_mask_prob=1.0)(record)
+    n = int(out["attention_mask"].sum())  # [CLS] + 9 caption tokens + [SEP]
+    assert out["greenlight_map"][:n].tolist() == [0] + [1] * (n - 2) + [0]
+    scored = (out["mlm_labels"] != -100).nonzero().flatten().tolist()
+    assert scored == list(range(1, n - 1))
+    assert torch.equal(out["mlm_labels"][1 : n - 1], out["input_ids"][1 : n - 1])
+    # At the default rate, over many passes, still only caption tokens are scored.
+    mapper = make_mapper(True, mlm=True)
+    for visit in range(30):
+        labels = mapper(_visit(record, visit))["mlm_labels"]
+        assert set((labels != -100).nonzero().flatten().tolist()) <= set(scored)
+
+
+def test_mlm_masks_are_seeded_per_image_and_pass(mdetr_files, make_mapper):
+    record = _grounding_dicts(mdetr_files)[0]
+
+    def masks(mapper, visit, rec=record):
+        out = mapper(_visit(rec, visit))
+        return out["mlm_input_ids"], out["mlm_labels"]
+
+    mapper = make_mapper(True, mlm=True, mlm_mask_prob=0.5, mlm_seed=3)
+    first = [masks(mapper, v) for v in range(4)]
+    again = [masks(make_mapper(True, mlm=True, mlm_mask_prob=0.5, mlm_seed=3), v) for v in range(4)]
+    for (ids, labels), (ids2, labels2) in zip(first, again):
+        assert torch.equal(ids, ids2) and torch.equal(labels, labels2)
+    assert len({tuple(labels.tolist()) for _, labels in first}) > 1  # passes differ
+    other_seed = make_mapper(True, mlm=True, mlm_mask_prob=0.5, mlm_seed=4)
+    assert any(not torch.equal(masks(other_seed, v)[1], first[v][1]) for v in range(4))
+    other_image = dict(record, image_id=record["image_id"] + 1)
+    assert any(not torch.equal(masks(mapper, v, other_image)[1], first[v][1]) for v in range(4))
+
+
+def test_evaluation_is_never_masked(toy_dataset, mdetr_files, make_mapper, tiny_tokenizer_path):
+    mlm_fields = {"mlm_input_ids", "mlm_labels", "greenlight_map"}
+    for record in (DatasetCatalog.get(toy_dataset)[0], _grounding_dicts(mdetr_files)[0]):
+        train = make_mapper(True)(record)
+        test = make_mapper(False, mlm=True, mlm_mask_prob=1.0)(_visit(record, 0))
+        assert not mlm_fields & set(test)
+        assert torch.equal(test["input_ids"], train["input_ids"])
+        assert not mlm_fields & set(train)  # MLM off in training: no fields either
+    cfg = _glip_cfg(tiny_tokenizer_path)
+    cfg.MODEL.GLIPV2.MLM.WEIGHT = 1.0
+    cfg.MODEL.GLIPV2.MLM.MASK_PROB = 0.3
+    cfg.SEED = 7
+    train_mapper = GroundingDatasetMapper(cfg, is_train=True)
+    assert (train_mapper.mlm, train_mapper.mlm_mask_prob, train_mapper.mlm_seed) == (True, 0.3, 7)
+    assert GroundingDatasetMapper(cfg, is_train=False).mlm is False
+    cfg.MODEL.GLIPV2.MLM.WEIGHT = 0.0
+    assert GroundingDatasetMapper(cfg, is_train=True).mlm is False
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_mlm_masks_through_the_loader_are_worker_and_resume_independent(
+    toy_dataset, make_mapper, num_workers
+):
+    from detectron2.data.samplers import TrainingSampler
+
+    from glip_d2.data.train_loader import build_resumable_train_loader
+
+    records = DatasetCatalog.get(toy_dataset)
+
+    def run(workers, start=0, batches=6):
+        loader = build_resumable_train_loader(
+            records,
+            mapper=make_mapper(True, mlm=True, mlm_mask_prob=0.5),
+            sampler=TrainingSampler(len(records), seed=3),
+            total_batch_size=2,
+            aspect_ratio_grouping=False,
+            num_workers=workers,
+        )
+        loader.start_at(start)
+        it = iter(loader)
+        return [
+            [(d["image_id"], d["stream_visit"], d["mlm_labels"].tolist()) for d in next(it)]
+            for _ in range(batches - start)
+        ]
+
+    reference = run(0)
+    # One process, a plain TrainingSampler: the draw number is the epoch.
+    assert [sorted((i, v) for i, v, _ in batch) for batch in reference] == [
+        [(1, e), (2, e)] for e in range(6)
+    ]
+    assert len({tuple(m) for i, _, m in sum(reference, []) if i == 1}) > 1  # epochs differ
+    # Workers batch other stream positions together (Detectron2), but each (image, pass) is
+    # masked the same; a resumed run continues exactly.
+    full = run(num_workers)
+    assert {(i, v): m for i, v, m in sum(full, [])} == {(i, v): m for i, v, m in sum(reference, [])}
+    assert run(num_workers, start=4) == full[4:]

@@ -8,8 +8,9 @@ negatives in training, every category, chunked if needed, at test time) and grou
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,16 +22,22 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from ..annotation_checks import MIN_TRAINING_BOX_SIDE
 from ..prompts import (
+    MLM_SCOPES,
     DetectionPromptSampler,
     Prompt,
+    build_greenlight_map,
     build_grounding_prompt,
     build_tokenizer,
     check_char_spans,
     chunk_categories,
+    concept_id,
+    mask_tokens,
+    mlm_generator,
     positive_map_from_encoding,
     span_cuts_token,
     tokenize_prompt,
 )
+from ..train_loader import STREAM_VISIT_KEY
 from ..transforms import build_glip_augmentation
 
 __all__ = ["GroundingDatasetMapper", "ImageReadError"]
@@ -89,6 +96,24 @@ def _clone_fields(fields: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in fields.items()}
 
 
+class _PromptTargets(NamedTuple):
+    """A record's prompt fields and, per annotation, its token map, class and prompt row."""
+
+    fields: Dict[str, Any]
+    box_maps: torch.Tensor  # (N, L) bool
+    classes: List[int]
+    rows: List[int]  # row of ``positive_map`` per annotation (-1: not in the prompt)
+    prompt: Optional[Prompt]  # None at test time for detection data
+    data_kind: str  # "detection" or "grounding"
+
+
+def _sample_key(d: Dict[str, Any]) -> int:
+    """Stable non-negative key of a record for its MLM generator: its dataset and image id
+    (ids repeat across datasets; several captions of one image have their own ids)."""
+    text = f"{d.get('dataset_name', '')}\0{d.get('image_id', d.get('file_name'))}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 2
+
+
 class GroundingDatasetMapper:
     """Map a grounding or detection record to the input dict of the GLIP model.
 
@@ -110,7 +135,22 @@ class GroundingDatasetMapper:
     * ``phrases``: list of K str, the text of each row;
     * training only, ``instances``: ``gt_boxes`` (``Boxes``, XYXY_ABS in augmented-image
       pixels, Detectron2's continuous convention), ``gt_classes`` (int64, class or phrase
-      index) and ``gt_positive_map`` (N, L) bool, the union of each box's spans' tokens;
+      index), ``gt_positive_map`` (N, L) bool, the union of each box's spans' tokens, and
+      ``gt_prompt_entry`` (N,) int64, the row of ``positive_map`` the box belongs to (its
+      category's row; its phrase's row);
+    * training only, ``prompt_concepts``: (K,) int64, the concept of row k
+      (:func:`glip_d2.data.prompts.concept_id` of its text: equal for equal normalised text
+      across images, datasets and processes), and ``prompt_is_phrase``: (K,) bool, True for
+      caption phrases, False for category names;
+    * training with MLM (``mlm``, GLIPv2 L_mlm, reference §3.3): ``mlm_input_ids`` (L,)
+      int64, the corrupted ids (the model feeds them to the text encoder instead of
+      ``input_ids``), ``mlm_labels`` (L,) int64, the original id at scored positions and -100
+      elsewhere, and ``greenlight_map`` (L,) int8 in {-1, 0, 1}
+      (:func:`glip_d2.data.prompts.build_greenlight_map`: the whole caption of grounding data,
+      the positive category names of detection data). The masks are a function of
+      ``(seed, dataset_name and image_id, record[STREAM_VISIT_KEY])``: the draw number the
+      training loader adds (:mod:`glip_d2.data.train_loader`), so every pass masks differently
+      and a run masks the same with any number of workers and after a resume;
     * test time, when a vocabulary needs several prompts: ``prompt_chunks``, a list of dicts
       with ``caption``, ``input_ids``, ``attention_mask``, ``positive_map``,
       ``prompt_class_ids`` and ``phrases`` (the top-level fields are chunk 0).
@@ -142,6 +182,10 @@ class GroundingDatasetMapper:
         background_negative: bool = False,
         on_bad_image: str = "error",
         on_bad_span: str = "repair",
+        mlm: bool = False,
+        mlm_mask_prob: float = 0.15,
+        mlm_scope: str = "greenlight",
+        mlm_seed: int = 0,
     ):
         """
         Args:
@@ -157,11 +201,24 @@ class GroundingDatasetMapper:
             chunk_size (int): categories per test prompt; 0 = as many as fit in L tokens.
             on_bad_image (str): ``"error"`` or ``"skip"`` (training only).
             on_bad_span (str): ``"repair"`` or ``"error"``.
+            mlm (bool): add the masked-language-modelling fields (training only; ignored at
+                test time, which is never masked).
+            mlm_mask_prob (float): share of maskable tokens selected (then 80% ``[MASK]``,
+                10% random id, 10% kept).
+            mlm_scope (str): which tokens are scored, one of
+                :data:`glip_d2.data.prompts.MLM_SCOPES`.
+            mlm_seed (int): non-negative seed of the masking (``SEED``; drawn when negative).
         """
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
         if on_bad_span not in ("repair", "error"):
             raise ValueError(f"on_bad_span must be 'repair' or 'error', got {on_bad_span!r}")
+        if mlm_scope not in MLM_SCOPES:
+            raise ValueError(f"mlm_scope must be one of {MLM_SCOPES}, got {mlm_scope!r}")
+        if not 0.0 <= mlm_mask_prob <= 1.0:
+            raise ValueError(f"mlm_mask_prob must be in [0, 1], got {mlm_mask_prob}")
+        if isinstance(mlm_seed, bool) or not isinstance(mlm_seed, int) or mlm_seed < 0:
+            raise ValueError(f"mlm_seed must be a non-negative int, got {mlm_seed!r}")
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
         self.image_format = image_format
@@ -176,6 +233,11 @@ class GroundingDatasetMapper:
         self.background_negative = background_negative
         self.on_bad_image = on_bad_image
         self.on_bad_span = on_bad_span
+        self.mlm = bool(mlm) and is_train
+        self.mlm_mask_prob = mlm_mask_prob
+        self.mlm_scope = mlm_scope
+        self.mlm_seed = mlm_seed
+        self._warned_no_visit = False
         self._vocabularies: Dict[str, _Vocabulary] = {}
         self._span_warnings = 0
         self._last_good: Optional[Dict[str, Any]] = None
@@ -185,6 +247,13 @@ class GroundingDatasetMapper:
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
         prompt = cfg.INPUT.PROMPT
+        mlm = cfg.MODEL.GLIPV2.MLM
+        seed = cfg.SEED
+        if seed < 0:
+            # Detectron2's "random seed": drawn once here, then pickled to every worker.
+            seed = int(np.random.SeedSequence().entropy) % (1 << 62)
+            if is_train and mlm.WEIGHT > 0:
+                logger.info(f"SEED < 0: MLM masking seeded with {seed}")
         return {
             "is_train": is_train,
             "augmentations": build_glip_augmentation(cfg, is_train),
@@ -200,6 +269,10 @@ class GroundingDatasetMapper:
             "background_negative": prompt.BACKGROUND_NEGATIVE,
             "on_bad_image": cfg.INPUT.ON_BAD_IMAGE,
             "on_bad_span": prompt.ON_BAD_SPAN,
+            "mlm": is_train and mlm.WEIGHT > 0,
+            "mlm_mask_prob": mlm.MASK_PROB,
+            "mlm_scope": mlm.SCOPE,
+            "mlm_seed": seed,
         }
 
     @property
@@ -234,9 +307,10 @@ class GroundingDatasetMapper:
         annos = [a for a in d.pop("annotations", []) if not a.get("iscrowd", 0)]
         boxes, annos = self._clip_boxes(annos, height, width, d)
         if "caption" in d:
-            fields, box_maps, classes = self._grounding_prompt(d, annos)
+            targets = self._grounding_prompt(d, annos)
         else:
-            fields, box_maps, classes = self._detection_prompt(d, annos)
+            targets = self._detection_prompt(d, annos)
+        fields, box_maps, classes = targets.fields, targets.box_maps, targets.classes
         keep = box_maps.any(dim=1)  # boxes with no token in the prompt cannot be supervised
         boxes = boxes[keep.numpy()]
 
@@ -253,8 +327,56 @@ class GroundingDatasetMapper:
             instances.gt_boxes = gt_boxes
             instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)[keep]
             instances.gt_positive_map = box_maps[keep]
+            instances.gt_prompt_entry = torch.as_tensor(targets.rows, dtype=torch.int64)[keep]
             d["instances"] = instances[gt_boxes.nonempty()]
+            d["prompt_concepts"] = torch.as_tensor(
+                [concept_id(p) for p in fields["phrases"]], dtype=torch.int64
+            )
+            d["prompt_is_phrase"] = torch.full(
+                (len(fields["phrases"]),), targets.data_kind == "grounding", dtype=torch.bool
+            )
+            if self.mlm:
+                positives = [c for c, k in zip(classes, keep.tolist()) if k]
+                d.update(self._mlm_fields(d, targets, positives))
         return d
+
+    def _mlm_fields(
+        self, d: Dict[str, Any], targets: _PromptTargets, positive_classes: List[int]
+    ) -> Dict[str, torch.Tensor]:
+        """Greenlight map and seeded BERT masking of the record's prompt (training)."""
+        prompt = targets.prompt
+        encoding = tokenize_prompt(self.tokenizer, prompt.caption, self.max_query_len)
+        greenlight = build_greenlight_map(
+            encoding,
+            prompt,
+            data_kind=targets.data_kind,
+            positive_class_ids=positive_classes if targets.data_kind == "detection" else (),
+            scope=self.mlm_scope,
+        )
+        visit = d.get(STREAM_VISIT_KEY)
+        if visit is None:
+            if not self._warned_no_visit:
+                logger.warning(
+                    f"Record of image {d.get('image_id')} has no '{STREAM_VISIT_KEY}' (it does not "
+                    "come from glip_d2's training loader): MLM masks as in pass 0, the same in "
+                    "every pass"
+                )
+                self._warned_no_visit = True
+            visit = 0
+        rng = mlm_generator(self.mlm_seed, _sample_key(d), int(visit))
+        masked, labels = mask_tokens(
+            d["input_ids"],
+            greenlight,
+            rng=rng,
+            mask_token_id=self.tokenizer.mask_token_id,
+            vocab_size=len(self.tokenizer),
+            mask_prob=self.mlm_mask_prob,
+        )
+        return {
+            "mlm_input_ids": masked,
+            "mlm_labels": labels,
+            "greenlight_map": greenlight.to(torch.int8),
+        }
 
     # ------------------------------------------------------------------ image and boxes
 
@@ -323,7 +445,7 @@ class GroundingDatasetMapper:
                 fields["prompt_chunks"] = [_clone_fields(f) for f in vocab.test_fields]
             # No instances at test time; every box is kept for the augmentation.
             box_maps = torch.ones((len(classes), 1), dtype=torch.bool)
-            return fields, box_maps, classes
+            return _PromptTargets(fields, box_maps, classes, [-1] * len(classes), None, "detection")
         prompt, dropped = vocab.sampler(classes)
         if dropped:
             logger.debug(f"Image {d.get('image_id')}: classes {dropped} did not fit the prompt")
@@ -333,7 +455,8 @@ class GroundingDatasetMapper:
         for i, c in enumerate(classes):
             if c in row_of:
                 box_maps[i] = fields["positive_map"][row_of[c]]
-        return fields, box_maps, classes
+        rows = [row_of.get(c, -1) for c in classes]
+        return _PromptTargets(fields, box_maps, classes, rows, prompt, "detection")
 
     def _grounding_prompt(self, d: Dict[str, Any], annos: List[Dict[str, Any]]):
         caption = d["caption"]
@@ -374,7 +497,9 @@ class GroundingDatasetMapper:
                     f"token within the first {self.max_query_len} tokens; the box is dropped"
                 )
         classes = [phrase_keys.index(k) for k in keys]
-        return fields, box_maps, classes
+        # Training prompts are the phrase keys, so a box's phrase index is its row.
+        rows = classes if phrase_spans is phrase_keys else [-1] * len(classes)
+        return _PromptTargets(fields, box_maps, classes, rows, prompt, "grounding")
 
     def _bad_span(self, where: str, caption: str, start: int, end: int) -> None:
         msg = (

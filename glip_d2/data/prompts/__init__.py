@@ -6,6 +6,7 @@ as 0.
 """
 
 from .chunking import chunk_categories
+from .concepts import concept_id, normalize_concept
 from .mlm import (
     CORRUPTIBLE,
     FROZEN,
@@ -55,10 +56,12 @@ __all__ = [
     "check_char_spans",
     "chunk_categories",
     "clean_name",
+    "concept_id",
     "encode_prompt",
     "greenlight_from_char_spans",
     "mask_tokens",
     "mlm_generator",
+    "normalize_concept",
     "positive_map_from_encoding",
     "span_cuts_token",
     "tokenize_prompt",

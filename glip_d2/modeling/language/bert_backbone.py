@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import re
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional
 
 import torch
 from detectron2.config import configurable
@@ -18,6 +18,8 @@ from ...utils.paths import resolve_path
 from .build import LANGUAGE_BACKBONE_REGISTRY
 
 _MODEL_NAME_KEY = "MODEL.LANGUAGE_BACKBONE.MODEL_NAME"
+#: Weight files of a Hugging Face model folder, in the order ``from_pretrained`` prefers them.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _POOLER_KEY = re.compile(r"(^|\.)pooler\.")
 _UNUSED_WEIGHTS = re.compile(r"were not used when initializing \w+: (\[[^\]]*\])")
 
@@ -83,6 +85,44 @@ def load_bert_config(model_name: str, config_file: str = ""):
     # Eager attention is the implementation the official outputs were recorded with.
     config._attn_implementation = "eager"
     return config
+
+
+def language_model_weights_file(model_name: str) -> Optional[str]:
+    """The weights file of ``MODEL.LANGUAGE_BACKBONE.MODEL_NAME``, found without network.
+
+    Resolved as :class:`BertLanguageBackbone` resolves the name: a local folder or
+    ``pkg://package/sub/path`` is searched for :data:`WEIGHT_FILES`; a hub name is looked up
+    in the local Hugging Face cache only (nothing is downloaded).
+
+    Args:
+        model_name (str): Hugging Face name, local folder, ``pkg://`` folder, or a weights
+            file (``.safetensors`` / ``.bin``) itself.
+
+    Returns:
+        str or None: the path of the first weights file found, or None when there is none
+        (a folder without weights, a hub name that is not cached).
+
+    Raises:
+        FileNotFoundError: ``model_name`` is a path (or ``pkg://`` name) that does not exist.
+    """
+    path = os.path.expanduser(resolve_path(model_name))
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        for name in WEIGHT_FILES:
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        return None
+    if os.path.isabs(path) or path.startswith((".", "~")):
+        raise FileNotFoundError(f"{_MODEL_NAME_KEY} {model_name!r}: no such file or folder")
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in WEIGHT_FILES:
+        cached = try_to_load_from_cache(path, name)
+        if isinstance(cached, str):
+            return cached
+    return None
 
 
 @LANGUAGE_BACKBONE_REGISTRY.register()
