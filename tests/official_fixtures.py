@@ -35,3 +35,68 @@ def convert_fixture_config(fixture: Path, out_dir: Path):
     cfg.merge_from_file(str(out))
     cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def train_parity_batch(cfg, inputs, image_tensor):
+    """Detectron2 input dicts of a recorded training batch (``train_parity`` format): the
+    official network input un-normalised back to pixels, the inclusive boxes in Detectron2's
+    continuous convention (+1), the 0/1 box token maps.
+
+    Every image also gets the prompt fields the GLIPv2 region-word loss reads, rebuilt from
+    the recorded official labels: detection-style images (``original_od_label`` >= 0) get one
+    prompt entry per od label of the prompt (its tokens: ``positive_map_for_od_labels`` ==
+    label; class id: the label), caption images (-10) one entry per distinct box token map.
+    """
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(3, 1, 1)
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(3, 1, 1)
+    box_image = torch.as_tensor(inputs["positive_map_box_to_image"])
+    batch = []
+    for i, target in enumerate(inputs["targets"]):
+        h, w = (int(v) for v in inputs["image_sizes_hw"][i])
+        image = image_tensor[i, :, :h, :w] * std + mean
+        if cfg.INPUT.FORMAT == "RGB":
+            image = image.flip(0)
+        boxes = target["boxes_xyxy"].clone()
+        boxes[:, 2:] += 1
+        box_maps = inputs["positive_map"][box_image == i] > 0
+        assert len(box_maps) == len(boxes), f"positive_map rows of image {i}"
+        od = torch.as_tensor(target["original_od_label"]).long()
+        if bool((od >= 0).all()):
+            token_od = torch.as_tensor(target["positive_map_for_od_labels"]).long()
+            labels = sorted(set(token_od[token_od >= 0].tolist()))
+            entry_maps = torch.stack([token_od == c for c in labels])
+            class_ids = torch.tensor(labels)
+            entry_of_box = torch.tensor([labels.index(c) for c in od.tolist()])
+            is_phrase = torch.zeros(len(labels), dtype=torch.bool)
+        else:
+            rows = sorted({tuple(r.nonzero().flatten().tolist()) for r in box_maps})
+            entry_maps = torch.zeros(len(rows), box_maps.shape[1], dtype=torch.bool)
+            for k, r in enumerate(rows):
+                entry_maps[k, list(r)] = True
+            class_ids = torch.arange(len(rows))
+            entry_of_box = torch.tensor(
+                [rows.index(tuple(r.nonzero().flatten().tolist())) for r in box_maps]
+            )
+            is_phrase = torch.ones(len(rows), dtype=torch.bool)
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_positive_map = box_maps
+        inst.gt_prompt_entry = entry_of_box
+        batch.append(
+            {
+                "image": image,
+                "height": h,
+                "width": w,
+                "image_id": i,
+                "input_ids": inputs["input_ids"][i],
+                "attention_mask": inputs["attention_mask"][i],
+                "positive_map": entry_maps,
+                "prompt_class_ids": class_ids,
+                "prompt_is_phrase": is_phrase,
+                "instances": inst,
+            }
+        )
+    return batch

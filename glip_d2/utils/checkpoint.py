@@ -17,6 +17,17 @@ logger = logging.getLogger(__name__)
 
 #: official prefix -> glip_d2 prefix (first match wins)
 PREFIX_TABLE: Tuple[Tuple[str, str], ...] = (
+    # The dormant GLIPv2 pieces of the official code (GLIPv2 reference §3.2.2, §3.3.2).
+    ("rpn.head.mlm_head.", "criterion.terms.mlm.head."),
+    (
+        "rpn.loss_evaluator.shallow_contrastive_projection_image.",
+        "criterion.terms.region_word.projection_image.",
+    ),
+    (
+        "rpn.loss_evaluator.shallow_contrastive_projection_text.",
+        "criterion.terms.region_word.projection_text.",
+    ),
+    ("rpn.loss_evaluator.shallow_log_scale", "criterion.terms.region_word.log_scale"),
     ("rpn.head.", "head."),
     ("rpn.tunable_linear.", "tunable_linear."),
     ("language_backbone.body.model.", "language_backbone.model."),

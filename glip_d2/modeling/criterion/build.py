@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ...data.prompts.mlm import MLM_SCOPES
 from ..head.atss import GLIPBoxCoder
 from .base import BoxLoss, GLIPCriterion, TokenAlignmentLoss
+from .glipv2 import MaskedLanguageModelTerm, RegionWordTerm
 
 
 def build_criterion(
@@ -33,4 +35,25 @@ def build_criterion(
         "loss_giou": gh.REG_LOSS_WEIGHT,
         "loss_centerness": 1.0,
     }
+    v2 = cfg.MODEL.GLIPV2
+    if v2.REGION_WORD.WEIGHT > 0:
+        rw = v2.REGION_WORD
+        terms["region_word"] = RegionWordTerm(
+            visual_dim=visual_dim,
+            text_dim=lang_dim,
+            embed_dim=rw.EMBED_DIM,
+            log_scale_init=rw.LOG_SCALE_INIT,
+            mode=rw.MODE,
+            max_regions_per_image=rw.MAX_REGIONS_PER_IMAGE,
+            phrase_positives=rw.PHRASE_POSITIVES,
+        )
+        weights["loss_region_word"] = rw.WEIGHT
+    if v2.MLM.WEIGHT > 0:
+        if v2.MLM.SCOPE not in MLM_SCOPES:
+            raise ValueError(f"MODEL.GLIPV2.MLM.SCOPE '{v2.MLM.SCOPE}' is not one of {MLM_SCOPES}")
+        term = MaskedLanguageModelTerm(bert_config)
+        if v2.MLM.INIT_FROM_LM_HEAD and cfg.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED:
+            term.init_from_language_model(cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME)
+        terms["mlm"] = term
+        weights["loss_mlm"] = v2.MLM.WEIGHT
     return GLIPCriterion(terms, weights)
