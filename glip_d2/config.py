@@ -105,6 +105,10 @@ def add_glip_config(cfg: CN) -> None:
     # Start the LM head from the language model's own (e.g. BertForMaskedLM's cls.predictions)
     # when its checkpoint has one; otherwise, and when False, a fresh head (official).
     _C.MODEL.GLIPV2.MLM.INIT_FROM_LM_HEAD = True
+    # Share the LM head's decoder weight with the language model's word embeddings, as BERT's
+    # own MLM head does (the official GLIPv2 code does not: False). With a frozen language
+    # backbone the decoder is then frozen too, which saves the update of a V x D matrix.
+    _C.MODEL.GLIPV2.MLM.TIE_WORD_EMBEDDINGS = False
 
     # ---------------------------------------------------------------- head (reference §5.2-§8)
     _C.MODEL.GLIP_HEAD = CN()

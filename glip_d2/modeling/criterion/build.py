@@ -54,6 +54,18 @@ def build_criterion(
         term = MaskedLanguageModelTerm(bert_config)
         if v2.MLM.INIT_FROM_LM_HEAD and cfg.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED:
             term.init_from_language_model(cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME)
+        if v2.MLM.TIE_WORD_EMBEDDINGS:
+            term.tie_decoder_to(_word_embeddings(language_backbone))
         terms["mlm"] = term
         weights["loss_mlm"] = v2.MLM.WEIGHT
     return GLIPCriterion(terms, weights)
+
+
+def _word_embeddings(language_backbone):
+    model = getattr(language_backbone, "model", None)
+    if model is None or not hasattr(model, "get_input_embeddings"):
+        raise ValueError(
+            "MODEL.GLIPV2.MLM.TIE_WORD_EMBEDDINGS needs a Hugging Face language backbone "
+            f"(with get_input_embeddings); got {type(language_backbone).__name__}"
+        )
+    return model.get_input_embeddings().weight

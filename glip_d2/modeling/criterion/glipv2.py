@@ -116,6 +116,16 @@ class MaskedLanguageModelTerm(MaskedLanguageModelLoss, LossTerm):
 
     names = ("loss_mlm",)
 
+    def tie_decoder_to(self, word_embeddings: torch.nn.Parameter) -> None:
+        """Share the decoder weight with the language model's (V, D) word embeddings."""
+        own = self.head.decoder.weight
+        if tuple(word_embeddings.shape) != tuple(own.shape):
+            raise ValueError(
+                f"MODEL.GLIPV2.MLM.TIE_WORD_EMBEDDINGS: word embeddings "
+                f"{tuple(word_embeddings.shape)} differ from the LM decoder {tuple(own.shape)}"
+            )
+        self.head.decoder.weight = word_embeddings
+
     def forward(self, inputs: CriterionInputs) -> Dict[str, torch.Tensor]:
         head = inputs.head
         labels = torch.stack(

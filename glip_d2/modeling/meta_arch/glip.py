@@ -344,6 +344,34 @@ class GLIP(nn.Module):
         )
         return TrainingStep(losses=losses, head=head, assignment=assignment, anchors=anchors)
 
+    @torch.no_grad()
+    def masked_token_logits(
+        self, batched_inputs: List[Dict], mask_token_id: int
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """GLIPv2's LM head on the fused token features at the ``[MASK]`` tokens of each
+        prompt: with fusion, what the model reads from the image fills the blank.
+
+        Args:
+            batched_inputs: test-time input dicts whose ``input_ids`` contain ``mask_token_id``.
+            mask_token_id (int): the tokenizer's ``[MASK]`` id.
+
+        Returns:
+            list: per input, ``(positions (n,), logits (n, V))`` of its masked tokens.
+        """
+        if "mlm" not in self.criterion.terms:
+            raise ValueError("this model has no LM head (MODEL.GLIPV2.MLM.WEIGHT is 0)")
+        images = self.preprocess_image(batched_inputs)
+        features = self.extract_features(images)
+        input_ids = self._stack_prompt(batched_inputs, "input_ids", self.device)
+        attention_mask = self._stack_prompt(batched_inputs, "attention_mask", self.device)
+        head = self.dense_head(features, input_ids, attention_mask)
+        lm_head = self.criterion.terms["mlm"].head
+        out = []
+        for i in range(len(batched_inputs)):
+            positions = (input_ids[i] == mask_token_id).nonzero().flatten()
+            out.append((positions, lm_head(head.text_fused[i, positions])))
+        return out
+
     def detect(
         self,
         logits: List[torch.Tensor],
