@@ -142,3 +142,29 @@ def test_quickstart_config_trains_on_two_processes(tmp_path, fusion_type):
     assert r0.keys() == r1.keys()
     for key, value in r0.items():
         assert torch.equal(value, r1[key]), key
+
+
+def _glipv2_worker(out_dir):
+    # GLIPv2 quick start: fusion, L_inter (all-gathered every step) and L_mlm (the fused text
+    # update of the last block reaches the LM head). Every parameter must get a gradient on
+    # both ranks, and the collectives must line up, or DDP fails or hangs.
+    opts = ["INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 128, "DATALOADER.NUM_WORKERS", 0]
+    state = _train_two_steps(out_dir, "glipv2/glipv2_tiny_shapes.yaml", opts)
+    torch.save(state, out_dir / f"rank{comm.get_rank()}.pt")
+
+
+def test_glipv2_quickstart_config_trains_on_two_processes(tmp_path):
+    launch(
+        _glipv2_worker,
+        2,
+        num_machines=1,
+        machine_rank=0,
+        dist_url=f"tcp://127.0.0.1:{_free_port()}",
+        args=(tmp_path,),
+    )
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert any(k.startswith("criterion.terms.region_word.") for k in r0)
+    assert r0.keys() == r1.keys()
+    for key, value in r0.items():
+        assert torch.equal(value, r1[key]), key
