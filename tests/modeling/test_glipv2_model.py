@@ -232,3 +232,26 @@ def test_lm_head_fills_in_masked_tokens_at_test_time():
     assert logits.shape == (1, model.language_backbone.bert_config.vocab_size)
     with pytest.raises(ValueError, match="MODEL.GLIPV2.MLM.WEIGHT"):
         build_model(_cfg(0.0, 0.0)).eval().masked_token_logits([x], MASK_ID)
+
+
+@pytest.mark.parametrize("phrase_positives", [True, False])
+def test_identical_phrases_of_two_captions_are_positives_only_when_asked(phrase_positives):
+    """Both captions contain the phrase "red circle"; image 0's red-circle regions are positive
+    with image 1's "red circle" tokens only with PHRASE_POSITIVES (their own tokens always)."""
+    torch.manual_seed(0)
+    cfg = _cfg(1.0, 0.0, **{"MODEL.GLIPV2.REGION_WORD.PHRASE_POSITIVES": phrase_positives})
+    model = build_model(cfg).train()
+    batch = [
+        _item([[10, 20, 60, 90]], [0], ["red circle", "blue square"], phrase=True, seed=1),
+        _item([[20, 10, 90, 70]], [1], ["green square", "red circle"], phrase=True, seed=2),
+    ]
+    term = model.criterion.terms["region_word"]
+    term.record_state = True
+    model(batch)
+    state = term.last_state
+    slots = state.region_valid.shape[1]
+    rows0 = state.target[:slots][state.region_valid[0]]  # image 0's regions
+    own, other = rows0[:, :L], rows0[:, L : 2 * L]
+    assert own[:, 1:3].all() and not own[:, 4:6].any()  # its own phrase, not "blue square"
+    assert bool(other[:, 4:6].all()) == phrase_positives  # image 1's "red circle" tokens
+    assert not other[:, 1:3].any()  # "green square" never

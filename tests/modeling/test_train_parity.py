@@ -7,7 +7,8 @@ the same format works: the glip_d2 config is converted from the fixture's ``conf
 ``bert_config.json`` by ``tools/convert_glip_config.py``, the weights are the official
 ``model.pth``, and every shape, count and value below comes from the files.
 
-The recorded batch goes through ``GLIP.forward`` in train mode, as the trainer calls it. The
+The recorded batch goes through ``GLIP.forward_train``, what ``GLIP.forward`` runs in train
+mode (as the trainer calls it), which also returns the assignment and head outputs. The
 recording has every stochastic part off (dropout, drop-path, DropBlock, flips, prompt
 shuffling), so nothing is injected; the fusion attention dropout, which the official code
 hard-codes and the recording zeroed after construction, is switched off through our config.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from ...data.prompts.mlm import MLM_SCOPES
 from ..head.atss import GLIPBoxCoder
 from .base import BoxLoss, GLIPCriterion, TokenAlignmentLoss
 from .glipv2 import MaskedLanguageModelTerm, RegionWordTerm
+
+logger = logging.getLogger(__name__)
 
 
 def build_criterion(
@@ -51,6 +55,11 @@ def build_criterion(
     if v2.MLM.WEIGHT > 0:
         if v2.MLM.SCOPE not in MLM_SCOPES:
             raise ValueError(f"MODEL.GLIPV2.MLM.SCOPE '{v2.MLM.SCOPE}' is not one of {MLM_SCOPES}")
+        if cfg.MODEL.FUSION.TYPE == "none":
+            logger.warning(
+                "MODEL.GLIPV2.MLM.WEIGHT > 0 with MODEL.FUSION.TYPE 'none': the LM head reads the "
+                "language backbone's features, so masked words are predicted from the text alone"
+            )
         term = MaskedLanguageModelTerm(bert_config)
         if v2.MLM.INIT_FROM_LM_HEAD and cfg.MODEL.LANGUAGE_BACKBONE.LOAD_PRETRAINED:
             term.init_from_language_model(cfg.MODEL.LANGUAGE_BACKBONE.MODEL_NAME)
