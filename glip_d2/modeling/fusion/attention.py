@@ -49,8 +49,7 @@ def get_fusion_attention(name: str) -> AttentionKernel:
         return FUSION_ATTENTION_IMPLS[name]
     except KeyError:
         raise ValueError(
-            f"MODEL.FUSION.ATTENTION_IMPL '{name}' is not one of "
-            f"{sorted(FUSION_ATTENTION_IMPLS)}"
+            f"MODEL.FUSION.ATTENTION_IMPL '{name}' is not one of {sorted(FUSION_ATTENTION_IMPLS)}"
         ) from None
 
 

@@ -276,4 +276,3 @@ class VLDyHead(nn.Module):
             token_bias=bias,
             text_masks=lang["masks"],
         )
-
