@@ -100,3 +100,52 @@ def train_parity_batch(cfg, inputs, image_tensor):
             }
         )
     return batch
+
+
+def official_gradients(grads_file, allow_low_rank: bool = True):
+    """Official gradients of a ``train_parity`` ``grads.pth`` as dense tensors under our
+    parameter names, and our names of the parameters without gradient. Row-sparse entries are
+    expanded; low-rank ones (the MLM decoder) are ``A_dlogits^T @ B_decoder_input``, which
+    the fixture README states is exactly the gradient."""
+    import torch
+
+    from glip_d2.utils.checkpoint import convert_official_state_dict
+
+    recorded = torch.load(grads_file, map_location="cpu", weights_only=False)
+    dense = dict(recorded["dense"])
+    for name, sparse in recorded["row_sparse"].items():
+        full = torch.zeros(sparse["shape"], dtype=sparse["values"].dtype)
+        full[torch.as_tensor(sparse["rows"])] = sparse["values"]
+        dense[name] = full
+    low_rank = recorded.get("low_rank") or {}
+    assert allow_low_rank or not low_rank, "low-rank gradients are not part of plain GLIP"
+    for name, low in low_rank.items():
+        dense[name] = low["A_dlogits"].t() @ low["B_decoder_input"]
+    converted, regenerated, dropped = convert_official_state_dict(dense)
+    assert not regenerated and not dropped, (list(regenerated), dropped)
+    no_grad, _, _ = convert_official_state_dict(dict.fromkeys(recorded["none_grad_params"]))
+    return converted, list(no_grad)
+
+
+def assert_gradients_match(ours, ref, no_grad, *, atol_factor, rtol, rel_l2, significant):
+    """Per-tensor gradient check with the ``train_parity`` README's tolerances: ``atol =
+    atol_factor x`` the largest official gradient magnitude plus ``rtol``, and a relative L2
+    error <= ``rel_l2`` for tensors whose max |grad| >= ``significant`` x that maximum. BERT
+    ``key.bias`` gradients are mathematically zero (softmax shift invariance): absolute bound
+    only. Frozen parameters (``no_grad``) must have no gradient."""
+    import torch
+
+    for name in no_grad:
+        assert ours[name] is None, f"{name} has a gradient; the official model freezes it"
+    global_max = max(float(g.abs().max()) for g in ref.values())
+    atol = atol_factor * global_max
+    for name, expected in ref.items():
+        got = ours[name]
+        assert got is not None, f"{name} got no gradient"
+        tensor_rtol = 0.0 if name.endswith("key.bias") else rtol
+        torch.testing.assert_close(
+            got, expected, atol=atol, rtol=tensor_rtol, msg=lambda m, n=name: f"grad of {n}: {m}"
+        )
+        if tensor_rtol and float(expected.abs().max()) >= significant * global_max:
+            rel = float((got - expected).norm() / expected.norm())
+            assert rel <= rel_l2, f"grad of {name}: relative L2 error {rel:.2e}"

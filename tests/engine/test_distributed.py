@@ -129,19 +129,26 @@ def _quickstart_worker(out_dir, fusion_type):
 
 @pytest.mark.parametrize("fusion_type", [None, "MHA-B"], ids=["as_shipped", "with_fusion"])
 def test_quickstart_config_trains_on_two_processes(tmp_path, fusion_type):
+    _assert_ranks_end_identical(_quickstart_worker, tmp_path, fusion_type)
+
+
+def _assert_ranks_end_identical(worker, tmp_path, *args):
+    """Run ``worker(tmp_path, *args)`` on two gloo processes; both saved state dicts
+    (``rank{r}.pt``) must be equal. Returns rank 0's."""
     launch(
-        _quickstart_worker,
+        worker,
         2,
         num_machines=1,
         machine_rank=0,
         dist_url=f"tcp://127.0.0.1:{_free_port()}",
-        args=(tmp_path, fusion_type),
+        args=(tmp_path, *args),
     )
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0.keys() == r1.keys()
     for key, value in r0.items():
         assert torch.equal(value, r1[key]), key
+    return r0
 
 
 def _glipv2_worker(out_dir):
@@ -154,17 +161,5 @@ def _glipv2_worker(out_dir):
 
 
 def test_glipv2_quickstart_config_trains_on_two_processes(tmp_path):
-    launch(
-        _glipv2_worker,
-        2,
-        num_machines=1,
-        machine_rank=0,
-        dist_url=f"tcp://127.0.0.1:{_free_port()}",
-        args=(tmp_path,),
-    )
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0 = _assert_ranks_end_identical(_glipv2_worker, tmp_path)
     assert any(k.startswith("criterion.terms.region_word.") for k in r0)
-    assert r0.keys() == r1.keys()
-    for key, value in r0.items():
-        assert torch.equal(value, r1[key]), key

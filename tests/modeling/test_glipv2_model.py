@@ -29,12 +29,7 @@ def _cfg(region_word=1.0, mlm=1.0, **overrides):
     cfg.MODEL.GLIPV2.REGION_WORD.WEIGHT = region_word
     cfg.MODEL.GLIPV2.MLM.WEIGHT = mlm
     cfg.MODEL.FUSION.DROPOUT = 0.0
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
+    cfg.merge_from_list([item for pair in overrides.items() for item in pair])
     return cfg
 
 

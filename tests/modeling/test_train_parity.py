@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
-from official_fixtures import convert_fixture_config
-
-from glip_d2.utils.checkpoint import convert_official_state_dict
+from official_fixtures import (
+    assert_gradients_match,
+    convert_fixture_config,
+    official_gradients,
+    train_parity_batch,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(
@@ -67,37 +69,6 @@ def _converted_cfg(tmp_path):
     return cfg
 
 
-def _batch(cfg, inputs):
-    """Detectron2 input dicts of the recorded batch: the official network input un-normalised
-    back to pixels, the inclusive boxes in Detectron2's continuous convention (+1)."""
-    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(3, 1, 1)
-    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(3, 1, 1)
-    box_image = torch.as_tensor(inputs["positive_map_box_to_image"])
-    batch = []
-    for i, target in enumerate(inputs["targets"]):
-        h, w = (int(v) for v in inputs["image_sizes_hw"][i])
-        image = inputs["image_tensor"][i, :, :h, :w] * std + mean
-        if cfg.INPUT.FORMAT == "RGB":
-            image = image.flip(0)
-        boxes = target["boxes_xyxy"].clone()
-        boxes[:, 2:] += 1
-        inst = Instances((h, w))
-        inst.gt_boxes = Boxes(boxes)
-        inst.gt_positive_map = inputs["positive_map"][box_image == i] > 0
-        assert len(inst.gt_positive_map) == len(boxes), f"positive_map rows of image {i}"
-        batch.append(
-            {
-                "image": image,
-                "height": h,
-                "width": w,
-                "input_ids": inputs["input_ids"][i],
-                "attention_mask": inputs["attention_mask"][i],
-                "instances": inst,
-            }
-        )
-    return batch
-
-
 @pytest.fixture(scope="module")
 def step(tmp_path_factory):
     """One training step of our model on the recorded batch: losses, the ATSS assignment and
@@ -112,7 +83,7 @@ def step(tmp_path_factory):
     assert active == [], f"dropout left on, the recording has none: {active}"
 
     inputs = _load("inputs.pth")
-    out = model.forward_train(_batch(cfg, inputs))
+    out = model.forward_train(train_parity_batch(cfg, inputs, inputs["image_tensor"]))
     losses = out.losses
     assignments = list(zip(out.assignment.matched, out.assignment.is_pos))
     head = {
@@ -185,42 +156,19 @@ def test_losses_match(step):
     torch.testing.assert_close(total, step["outputs"]["total_loss"], atol=0, rtol=LOSS_RTOL)
 
 
-def _official_grads():
-    """Official gradients as dense tensors under our parameter names, and the official names
-    of the parameters without gradient."""
-    recorded = _load("grads.pth")
-    dense = dict(recorded["dense"])
-    for name, sparse in recorded["row_sparse"].items():
-        full = torch.zeros(sparse["shape"], dtype=sparse["values"].dtype)
-        full[torch.as_tensor(sparse["rows"])] = sparse["values"]
-        dense[name] = full
-    assert not recorded.get("low_rank"), "low-rank gradients are not part of plain GLIP"
-    converted, regenerated, dropped = convert_official_state_dict(dense)
-    assert not regenerated and not dropped, (list(regenerated), dropped)
-    no_grad, _, _ = convert_official_state_dict(dict.fromkeys(recorded["none_grad_params"]))
-    return converted, list(no_grad)
-
-
 def test_gradients_match(step):
-    ref, no_grad = _official_grads()
+    ref, no_grad = official_gradients(FIXTURE / "grads.pth", allow_low_rank=False)
     ours = step["grads"]
     assert set(ref) | set(no_grad) == set(ours), (
         f"only official: {sorted(set(ref) | set(no_grad) - set(ours))}; "
         f"only ours: {sorted(set(ours) - set(ref) - set(no_grad))}"
     )
-    for name in no_grad:
-        assert ours[name] is None, f"{name} has a gradient; the official model freezes it"
-    global_max = max(float(g.abs().max()) for g in ref.values())
-    atol = GRAD_ATOL * global_max
-    for name, expected in ref.items():
-        got = ours[name]
-        assert got is not None, f"{name} got no gradient"
-        # BERT key biases have a mathematically zero gradient (softmax shift invariance);
-        # the recorded values are rounding noise, so only the absolute bound applies.
-        rtol = 0.0 if name.endswith("key.bias") else GRAD_RTOL
-        torch.testing.assert_close(
-            got, expected, atol=atol, rtol=rtol, msg=lambda m, n=name: f"grad of {n}: {m}"
-        )
-        if rtol and float(expected.abs().max()) >= GRAD_SIGNIFICANT * global_max:
-            rel = float((got - expected).norm() / expected.norm())
-            assert rel <= GRAD_REL_L2, f"grad of {name}: relative L2 error {rel:.2e}"
+    assert_gradients_match(
+        ours,
+        ref,
+        no_grad,
+        atol_factor=GRAD_ATOL,
+        rtol=GRAD_RTOL,
+        rel_l2=GRAD_REL_L2,
+        significant=GRAD_SIGNIFICANT,
+    )

@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.modeling import build_model
-from official_fixtures import convert_fixture_config, train_parity_batch
-
-from glip_d2.utils.checkpoint import convert_official_state_dict
+from official_fixtures import (
+    assert_gradients_match,
+    convert_fixture_config,
+    official_gradients,
+    train_parity_batch,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GLIP_FIXTURE = Path(
@@ -131,40 +134,18 @@ def test_losses_match(step):
     torch.testing.assert_close(total, step["outputs"]["total_loss"], atol=0, rtol=LOSS_RTOL)
 
 
-def _official_grads():
-    recorded = _load(FIXTURE / "grads.pth")
-    dense = dict(recorded["dense"])
-    for name, sparse in recorded["row_sparse"].items():
-        full = torch.zeros(sparse["shape"], dtype=sparse["values"].dtype)
-        full[torch.as_tensor(sparse["rows"])] = sparse["values"]
-        dense[name] = full
-    for name, low in recorded.get("low_rank", {}).items():
-        # README: the gradient is exactly A_dlogits^T @ B_decoder_input.
-        dense[name] = low["A_dlogits"].t() @ low["B_decoder_input"]
-    converted, regenerated, dropped = convert_official_state_dict(dense)
-    assert not regenerated and not dropped, (list(regenerated), dropped)
-    no_grad, _, _ = convert_official_state_dict(dict.fromkeys(recorded["none_grad_params"]))
-    return converted, list(no_grad)
-
-
 def test_gradients_match(step):
-    ref, no_grad = _official_grads()
-    ours = step["grads"]
+    ref, no_grad = official_gradients(FIXTURE / "grads.pth")
     # The official head keeps the decoder bias twice (``bias`` and ``decoder.bias``, one tensor).
-    ours = {k: v for k, v in ours.items() if k in ref or k in no_grad}
+    ours = {k: v for k, v in step["grads"].items() if k in ref or k in no_grad}
     missing = sorted(set(ref) - set(ours))
     assert not missing, f"parameters with an official gradient that we lack: {missing}"
-    for name in no_grad:
-        assert ours[name] is None, f"{name} has a gradient; the official model freezes it"
-    global_max = max(float(g.abs().max()) for g in ref.values())
-    atol = GRAD_ATOL * global_max
-    for name, expected in ref.items():
-        got = ours[name]
-        assert got is not None, f"{name} got no gradient"
-        rtol = 0.0 if name.endswith("key.bias") else GRAD_RTOL
-        torch.testing.assert_close(
-            got, expected, atol=atol, rtol=rtol, msg=lambda m, n=name: f"grad of {n}: {m}"
-        )
-        if rtol and float(expected.abs().max()) >= GRAD_SIGNIFICANT * global_max:
-            rel = float((got - expected).norm() / expected.norm())
-            assert rel <= GRAD_REL_L2, f"grad of {name}: relative L2 error {rel:.2e}"
+    assert_gradients_match(
+        ours,
+        ref,
+        no_grad,
+        atol_factor=GRAD_ATOL,
+        rtol=GRAD_RTOL,
+        rel_l2=GRAD_REL_L2,
+        significant=GRAD_SIGNIFICANT,
+    )

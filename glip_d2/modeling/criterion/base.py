@@ -141,6 +141,5 @@ class GLIPCriterion(nn.Module):
         losses: Dict[str, torch.Tensor] = {}
         for term in self.terms.values():
             for key, value in term(inputs).items():
-                weight = self.weights[key]
-                losses[key] = value if weight == 1.0 else value * weight
+                losses[key] = value * self.weights[key]
         return losses

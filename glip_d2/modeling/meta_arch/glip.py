@@ -385,7 +385,7 @@ class GLIP(nn.Module):
         """Official post-processing for image ``index`` of the batch (inclusive boxes in
         resized-image pixels, scores, prompt-entry indices)."""
         return self.postprocessor(
-            logits, deltas, centerness, anchors, index, positive_map.to(self.device), image_size
+            logits, deltas, centerness, anchors, index, positive_map, image_size
         )
 
     @staticmethod
