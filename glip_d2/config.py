@@ -109,6 +109,12 @@ def add_glip_config(cfg: CN) -> None:
     # own MLM head does (the official GLIPv2 code does not: False). With a frozen language
     # backbone the decoder is then frozen too, which saves the update of a V x D matrix.
     _C.MODEL.GLIPV2.MLM.TIE_WORD_EMBEDDINGS = False
+    # Which prompt the grounding losses (loss_token, box losses, loss_region_word) see:
+    # "masked": the MLM-masked prompt, one pass for every loss (official GLIPv2 code,
+    # reference §7.6); a masked colour word then also blurs which box the phrase names.
+    # "clean": the unmasked prompt, and L_mlm on a second language + head pass over the
+    # masked prompt (not in the official code; about 1.4x the step time of "masked").
+    _C.MODEL.GLIPV2.MLM.GROUNDING_PROMPT = "masked"
 
     # ---------------------------------------------------------------- head (reference §5.2-§8)
     _C.MODEL.GLIP_HEAD = CN()
@@ -140,6 +146,38 @@ def add_glip_config(cfg: CN) -> None:
     _C.MODEL.ATSS.PRE_NMS_TOP_N = 1000  # per level
     _C.MODEL.ATSS.NMS_TH = 0.6
     _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
+
+    # ------------------------------------------- GLIPv2 VL mask head (GLIPv2 reference §4)
+    # MODEL.MASK_ON (Detectron2's key) builds it. An ROI head on the one-stage detections:
+    # ROIAlign on the fused DyHead maps, Hourglass blocks, and a predictor that dots each pixel
+    # with the fused token features (one logit map per token, averaged over a phrase's tokens).
+    _C.MODEL.ROI_MASK_HEAD.NAME = "VLHourglassMaskHead"
+    # Legacy ROIAlign (aligned=False, no half-pixel shift) as the official maskrcnn-benchmark
+    # pooler; 14x14 ROIs, adaptive sampling. Levels: canonical box 224 at level 4, with the
+    # official +1 area.
+    _C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlign"
+    _C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+    _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
+    # Hourglass blocks (official CONV_LAYERS entries), each as wide as the head (FPN) maps;
+    # HG_SCALE is the Hourglass recursion depth (1 with 14x14 ROIs: 14 -> 7 -> 14).
+    _C.MODEL.ROI_MASK_HEAD.NUM_HOURGLASS = 1
+    _C.MODEL.ROI_MASK_HEAD.HG_SCALE = 1
+    _C.MODEL.ROI_MASK_HEAD.NORM = ""  # "" (official default) or "GN" (inside low2/low3 only)
+    # Training ROIs. "atss+gt": the ATSS detections of the training pass (score threshold 0,
+    # PRE_NMS_TOP_N_TRAIN per level, NMS ATSS.NMS_TH, POST_NMS_TOP_N_TRAIN kept) plus every GT
+    # box (official); the Hourglass runs on all of them (~300-1000 ROIs per image at
+    # 14x14x256: about 0.2 MB of activations per ROI and block, so ~1 GB per image at the
+    # official 1000), of which only those matching a GT at IoU >= MATCH_IOU get loss.
+    # "gt": the GT boxes only (a few ROIs per image: far less memory and time; the mask head
+    # never sees an imprecise box in training).
+    _C.MODEL.ROI_MASK_HEAD.TRAIN_PROPOSALS = "atss+gt"
+    _C.MODEL.ROI_MASK_HEAD.PRE_NMS_TOP_N_TRAIN = 3000
+    _C.MODEL.ROI_MASK_HEAD.POST_NMS_TOP_N_TRAIN = 1000
+    _C.MODEL.ROI_MASK_HEAD.MATCH_IOU = 0.5
+    _C.MODEL.ROI_MASK_HEAD.LOSS_WEIGHT = 1.0  # loss_mask
+    # Annotations without a segmentation: "skip" (no mask loss for their ROIs) or "box" (a
+    # filled rectangle as their mask, the official ConvertCocoPolysToMask behaviour).
+    _C.MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS = "skip"
 
     # ---------------------------------------------------------------- prompts (reference §9-§10)
     _C.INPUT.PROMPT = CN()

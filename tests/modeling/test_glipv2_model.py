@@ -145,6 +145,32 @@ def test_masked_ids_replace_the_prompt_in_training_only():
     assert not torch.equal(masked, clean), "the grounding loss must see the masked prompt"
 
 
+def test_clean_grounding_prompt_scores_mlm_on_a_second_masked_pass():
+    """GROUNDING_PROMPT "clean": the grounding losses are those of the unmasked prompt and
+    L_mlm that of the masked prompt's pass, each equal to the one-pass model fed that prompt."""
+    torch.manual_seed(0)
+    shared = build_model(_cfg(1.0, 1.0)).train()
+    clean = build_model(_cfg(1.0, 1.0, **{"MODEL.GLIPV2.MLM.GROUNDING_PROMPT": "clean"})).train()
+    clean.load_state_dict(shared.state_dict())
+    for module in (*shared.modules(), *clean.modules()):
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # BERT's dropout would draw differently in the second pass
+    batch = _batch()
+    torch.manual_seed(1)
+    ours = clean(batch)
+    torch.manual_seed(1)
+    on_masked = shared(batch)
+    unmasked = [dict(x, mlm_input_ids=x["input_ids"]) for x in batch]
+    torch.manual_seed(1)
+    on_clean = shared(unmasked)
+    for key in ("loss_token", "loss_giou", "loss_centerness", "loss_region_word"):
+        torch.testing.assert_close(ours[key], on_clean[key], rtol=1e-6, atol=0, msg=key)
+    torch.testing.assert_close(ours["loss_mlm"], on_masked["loss_mlm"], rtol=1e-6, atol=0)
+    assert not torch.equal(on_masked["loss_token"], on_clean["loss_token"])
+    with pytest.raises(ValueError, match="GROUNDING_PROMPT"):
+        build_model(_cfg(**{"MODEL.GLIPV2.MLM.GROUNDING_PROMPT": "both"}))
+
+
 def test_missing_concept_fields_name_the_field():
     torch.manual_seed(0)
     model = build_model(_cfg(1.0, 0.0)).train()

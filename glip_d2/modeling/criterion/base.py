@@ -128,7 +128,10 @@ class GLIPCriterion(nn.Module):
         gt_boxes: List[torch.Tensor],
         gt_token_maps: List[torch.Tensor],
         targets: List[Mapping[str, Any]],
+        cache: Mapping[str, Any] = None,
     ) -> Dict[str, torch.Tensor]:
+        """``cache`` seeds :attr:`CriterionInputs.cache` (e.g. ``"mlm_head"``: the head pass
+        over the masked prompt, when the grounding losses saw the clean one)."""
         inputs = CriterionInputs(
             head=head,
             assignment=assignment,
@@ -137,6 +140,7 @@ class GLIPCriterion(nn.Module):
             gt_token_maps=gt_token_maps,
             targets=targets,
             num_pos_avg=num_pos_average(assignment),
+            cache=dict(cache or {}),
         )
         losses: Dict[str, torch.Tensor] = {}
         for term in self.terms.values():

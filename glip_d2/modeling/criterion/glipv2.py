@@ -127,7 +127,9 @@ class MaskedLanguageModelTerm(MaskedLanguageModelLoss, LossTerm):
         self.head.decoder.weight = word_embeddings
 
     def forward(self, inputs: CriterionInputs) -> Dict[str, torch.Tensor]:
-        head = inputs.head
+        # The masked prompt's own head pass when the grounding losses saw the clean prompt
+        # (MODEL.GLIPV2.MLM.GROUNDING_PROMPT "clean"), else the one shared pass.
+        head = inputs.cache.get("mlm_head", inputs.head)
         labels = torch.stack(
             [torch.as_tensor(_field(x, "mlm_labels", "MODEL.GLIPV2.MLM")) for x in inputs.targets]
         ).to(head.text_fused.device)

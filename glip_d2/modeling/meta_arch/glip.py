@@ -90,6 +90,7 @@ class GLIP(nn.Module):
         max_query_len: int = 256,
         tuning_mode: str = "full",
         prompt_batch_size: int = 8,
+        mlm_grounding_prompt: str = "masked",
     ):
         """
         Args:
@@ -109,6 +110,9 @@ class GLIP(nn.Module):
                 ``bias_lang``, ``bias0``).
             prompt_batch_size (int): (image, prompt chunk) pairs per language/head pass at
                 inference (memory grows with it).
+            mlm_grounding_prompt (str): with GLIPv2's MLM, the prompt the grounding losses
+                see: ``"masked"`` (official: one pass over the masked prompt) or ``"clean"``
+                (the unmasked prompt; L_mlm on a second pass over the masked one).
         """
         super().__init__()
         self.backbone = backbone
@@ -125,6 +129,12 @@ class GLIP(nn.Module):
         self.mask_head = mask_head
         self.max_query_len = max_query_len
         self.prompt_batch_size = prompt_batch_size
+        if mlm_grounding_prompt not in ("masked", "clean"):
+            raise ValueError(
+                f"MODEL.GLIPV2.MLM.GROUNDING_PROMPT '{mlm_grounding_prompt}' is not one of "
+                "['clean', 'masked']"
+            )
+        self.mlm_grounding_prompt = mlm_grounding_prompt
         if tuning_mode not in self.TUNING_MODES:
             raise ValueError(
                 f"SOLVER.TUNING_MODE '{tuning_mode}' is not one of {sorted(self.TUNING_MODES)}"
@@ -225,6 +235,7 @@ class GLIP(nn.Module):
             "max_query_len": cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN,
             "tuning_mode": cfg.SOLVER.TUNING_MODE,
             "prompt_batch_size": cfg.TEST.PROMPT_BATCH_SIZE,
+            "mlm_grounding_prompt": cfg.MODEL.GLIPV2.MLM.GROUNDING_PROMPT,
         }
 
     @property
@@ -320,16 +331,23 @@ class GLIP(nn.Module):
         """One training forward: head pass, ATSS assignment and the criterion's losses.
 
         With GLIPv2's masked language modelling on, the inputs carry ``mlm_input_ids`` (the
-        prompt with masked tokens, made by the mapper); they replace ``input_ids`` for the whole
-        forward, so the grounding losses of the step see the masked prompt (GLIPv2 reference
-        §7.6).
+        prompt with masked tokens, made by the mapper). With ``mlm_grounding_prompt`` "masked"
+        they replace ``input_ids`` for the whole forward, so the grounding losses of the step
+        see the masked prompt (official, GLIPv2 reference §7.6); with "clean" the grounding
+        losses see ``input_ids`` and L_mlm reads a second head pass over ``mlm_input_ids``.
         """
         images = self.preprocess_image(batched_inputs)
         features = self.extract_features(images)
-        ids_key = "mlm_input_ids" if "mlm_input_ids" in batched_inputs[0] else "input_ids"
+        masked = "mlm_input_ids" in batched_inputs[0]
+        separate = masked and self.mlm_grounding_prompt == "clean"
+        ids_key = "mlm_input_ids" if masked and not separate else "input_ids"
         input_ids = self._stack_prompt(batched_inputs, ids_key, self.device)
         attention_mask = self._stack_prompt(batched_inputs, "attention_mask", self.device)
         head = self.dense_head(features, input_ids, attention_mask)
+        cache = {}
+        if separate:
+            mlm_ids = self._stack_prompt(batched_inputs, "mlm_input_ids", self.device)
+            cache["mlm_head"] = self.dense_head(features, mlm_ids, attention_mask)
         gt_boxes, gt_maps = [], []
         for x in batched_inputs:
             inst = x["instances"].to(self.device)
@@ -340,7 +358,13 @@ class GLIP(nn.Module):
         anchors = self.anchors(features)
         assignment = self.assigner(anchors, gt_boxes)
         losses = self.criterion(
-            head, assignment, torch.cat(anchors, dim=0), gt_boxes, gt_maps, batched_inputs
+            head,
+            assignment,
+            torch.cat(anchors, dim=0),
+            gt_boxes,
+            gt_maps,
+            batched_inputs,
+            cache=cache,
         )
         return TrainingStep(losses=losses, head=head, assignment=assignment, anchors=anchors)
 
