@@ -28,6 +28,8 @@ PREFIX_TABLE: Tuple[Tuple[str, str], ...] = (
         "criterion.terms.region_word.projection_text.",
     ),
     ("rpn.loss_evaluator.shallow_log_scale", "criterion.terms.region_word.log_scale"),
+    # The dormant GLIPv2 VL mask head (GLIPv2 reference §4.2).
+    ("roi_heads.mask.", "mask_head."),
     ("rpn.head.", "head."),
     ("rpn.tunable_linear.", "tunable_linear."),
     ("language_backbone.body.model.", "language_backbone.model."),
@@ -41,7 +43,7 @@ DROPPED_SUFFIXES = ("embeddings.position_ids",)
 
 def is_official_glip_state_dict(state_dict: Mapping[str, object]) -> bool:
     """True when the keys use the official GLIP layout (``rpn.head.*`` etc.)."""
-    return any(k.startswith(("rpn.", "language_backbone.body.")) for k in state_dict)
+    return any(k.startswith(("rpn.", "language_backbone.body.", "roi_heads.")) for k in state_dict)
 
 
 def strip_module_prefix(state_dict: Dict[str, object]) -> Dict[str, object]:

@@ -210,8 +210,6 @@ MAPPED: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
 CHECKED: Dict[str, Tuple[Any, ...]] = {
     "MODEL.META_ARCHITECTURE": ("GeneralizedVLRCNN",),
     "MODEL.RPN_ARCHITECTURE": ("VLDYHEAD",),
-    "MODEL.RPN_ONLY": (True,),
-    "MODEL.MASK_ON": (False,),
     "MODEL.KEYPOINT_ON": (False,),
     "MODEL.BACKBONE.CONV_BODY": ("SWINT-FPN-RETINANET",),
     "MODEL.SWINT.VERSION": ("v1",),
@@ -263,6 +261,26 @@ CHECKED: Dict[str, Tuple[Any, ...]] = {
 
 # Keys read together with others (no key of their own on our side).
 DERIVED = {
+    "MODEL.RPN_ONLY",
+    "MODEL.MASK_ON",
+    "MODEL.BOX_ON",
+    "MODEL.RPN.RETURN_FUSED_FEATURES",
+    "MODEL.ROI_HEADS.USE_FPN",
+    "MODEL.ROI_HEADS.FG_IOU_THRESHOLD",
+    "MODEL.ROI_HEADS.BG_IOU_THRESHOLD",
+    "MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR",
+    "MODEL.ROI_MASK_HEAD.PREDICTOR",
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
+    "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO",
+    "MODEL.ROI_MASK_HEAD.POOLER_SCALES",
+    "MODEL.ROI_MASK_HEAD.RESOLUTION",
+    "MODEL.ROI_MASK_HEAD.CONV_LAYERS",
+    "MODEL.ROI_MASK_HEAD.HG_SCALE",
+    "MODEL.ROI_MASK_HEAD.USE_GN",
+    "MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR",
+    "MODEL.ATSS.PRE_NMS_TOP_N_TRAIN",
+    "MODEL.ATSS.POST_NMS_TOP_N_TRAIN",
+    "MODEL.ATSS.INFERENCE_TH_TRAIN",
     "MODEL.DYHEAD.FUSE_CONFIG.USE_SHALLOW_CONTRASTIVE_LOSS",
     "MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_CONTRASTIVE_LOSS_WEIGHT",
     "MODEL.DYHEAD.FUSE_CONFIG.SHALLOW_MAX_POSITIVE_ANCHORS",
@@ -296,6 +314,24 @@ OFFICIAL_DEFAULTS: Dict[str, Any] = {
     "MODEL.RPN_ARCHITECTURE": "RPN",
     "MODEL.RPN_ONLY": False,
     "MODEL.MASK_ON": False,
+    "MODEL.BOX_ON": True,
+    "MODEL.RPN.RETURN_FUSED_FEATURES": False,
+    "MODEL.ROI_HEADS.USE_FPN": False,
+    "MODEL.ROI_HEADS.FG_IOU_THRESHOLD": 0.5,
+    "MODEL.ROI_HEADS.BG_IOU_THRESHOLD": 0.5,
+    "MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR": "ResNet50Conv5ROIFeatureExtractor",
+    "MODEL.ROI_MASK_HEAD.PREDICTOR": "MaskRCNNC4Predictor",
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": 14,
+    "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": 0,
+    "MODEL.ROI_MASK_HEAD.POOLER_SCALES": (1.0 / 16,),
+    "MODEL.ROI_MASK_HEAD.RESOLUTION": 14,
+    "MODEL.ROI_MASK_HEAD.CONV_LAYERS": (256, 256, 256, 256),
+    "MODEL.ROI_MASK_HEAD.HG_SCALE": 1,
+    "MODEL.ROI_MASK_HEAD.USE_GN": False,
+    "MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR": True,
+    "MODEL.ATSS.PRE_NMS_TOP_N_TRAIN": 3000,
+    "MODEL.ATSS.POST_NMS_TOP_N_TRAIN": 1000,
+    "MODEL.ATSS.INFERENCE_TH_TRAIN": 0.0,
     "MODEL.KEYPOINT_ON": False,
     "MODEL.BACKBONE.CONV_BODY": "R-50-C4",
     "MODEL.BACKBONE.FREEZE_CONV_BODY_AT": 2,
@@ -470,6 +506,64 @@ def _empty(value: Any) -> bool:
     return value is None or value == "" or (isinstance(value, (list, tuple)) and not value)
 
 
+def _convert_mask_head(flat: Mapping[str, Any], overrides: Dict[str, Any]) -> List[str]:
+    """The dormant GLIPv2 VL mask head (GLIPv2 reference §4.2): ``MODEL.MASK_ON`` with the
+    one-stage detector (``RPN_ONLY`` False only to feed it, no R-CNN box head), Hourglass
+    extractor and VL predictor on the fused maps. Returns the unsupported settings."""
+    bad: List[str] = []
+    if not flat["MODEL.MASK_ON"]:
+        if not flat["MODEL.RPN_ONLY"]:
+            bad.append("MODEL.RPN_ONLY=False without the GLIPv2 VL mask head (glip_d2: True)")
+        return bad
+    m = "MODEL.ROI_MASK_HEAD."
+    wanted = {
+        "MODEL.BOX_ON": False,
+        "MODEL.RPN.RETURN_FUSED_FEATURES": True,
+        "MODEL.ROI_HEADS.USE_FPN": True,
+        m + "FEATURE_EXTRACTOR": "HourglassFPNFeatureExtractor",
+        m + "PREDICTOR": "VLMaskRCNNC4Predictor",
+        m + "SHARE_BOX_FEATURE_EXTRACTOR": False,
+    }
+    for key, value in wanted.items():
+        if flat[key] != value:
+            bad.append(f"{key}={flat[key]!r} with MODEL.MASK_ON (glip_d2: {value!r})")
+    fg, bg = flat["MODEL.ROI_HEADS.FG_IOU_THRESHOLD"], flat["MODEL.ROI_HEADS.BG_IOU_THRESHOLD"]
+    if fg != bg:
+        bad.append(f"MODEL.ROI_HEADS.BG_IOU_THRESHOLD={bg!r} differs from FG ({fg!r})")
+    resolution = int(_number(flat[m + "POOLER_RESOLUTION"], m + "POOLER_RESOLUTION"))
+    if flat[m + "RESOLUTION"] != 2 * resolution:
+        bad.append(f"{m}RESOLUTION={flat[m + 'RESOLUTION']!r} is not 2 x POOLER_RESOLUTION")
+    strides = overrides.get("MODEL.ATSS.ANCHOR_STRIDES") or []
+    scales = [float(v) for v in _as_list(flat[m + "POOLER_SCALES"])]
+    if [round(1.0 / v) for v in scales] != [int(v) for v in strides]:
+        bad.append(f"{m}POOLER_SCALES={scales!r} are not 1 / the anchor strides {strides}")
+    layers = _as_list(flat[m + "CONV_LAYERS"])
+    channels = flat["MODEL.BACKBONE.OUT_CHANNELS"]
+    if any(int(c) != int(channels) for c in layers):
+        bad.append(f"{m}CONV_LAYERS={layers!r} differ from MODEL.BACKBONE.OUT_CHANNELS")
+    overrides.update(
+        {
+            "MODEL.MASK_ON": True,
+            m + "NAME": "VLHourglassMaskHead",
+            m + "POOLER_TYPE": "ROIAlign",
+            m + "POOLER_RESOLUTION": resolution,
+            m + "POOLER_SAMPLING_RATIO": int(flat[m + "POOLER_SAMPLING_RATIO"]),
+            m + "NUM_HOURGLASS": len(layers),
+            m + "HG_SCALE": int(flat[m + "HG_SCALE"]),
+            m + "NORM": "GN" if flat[m + "USE_GN"] else "",
+            m + "TRAIN_PROPOSALS": "atss+gt",
+            m + "PRE_NMS_TOP_N_TRAIN": int(flat["MODEL.ATSS.PRE_NMS_TOP_N_TRAIN"]),
+            m + "POST_NMS_TOP_N_TRAIN": int(flat["MODEL.ATSS.POST_NMS_TOP_N_TRAIN"]),
+            m + "MATCH_IOU": float(fg),
+            # ConvertCocoPolysToMask gives box-only annotations a rectangle mask.
+            m + "BOX_ONLY_ANNOTATIONS": "box",
+        }
+    )
+    if flat["MODEL.ATSS.INFERENCE_TH_TRAIN"] != 0.0:
+        bad.append("MODEL.ATSS.INFERENCE_TH_TRAIN != 0 (glip_d2's mask proposals use 0)")
+    return bad
+
+
 def convert_official_config(
     official: Mapping[str, Any], bert_config_file: Optional[str] = None
 ) -> ConvertedConfig:
@@ -602,6 +696,7 @@ def convert_official_config(
             "greenlight" if flat[fc + "MLM_LOSS_FOR_ONLY_POSITIVES"] else "all"
         )
         overrides["MODEL.GLIPV2.MLM.INIT_FROM_LM_HEAD"] = False
+    unsupported += _convert_mask_head(flat, overrides)
     # maskrcnn-benchmark uses ``MIN_SIZE_TRAIN`` only without multi-scale training.
     if "INPUT.MIN_SIZE_TRAIN" not in overrides:
         overrides["INPUT.MIN_SIZE_TRAIN"] = _as_list(flat["INPUT.MIN_SIZE_TRAIN"])

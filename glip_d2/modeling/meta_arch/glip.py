@@ -8,7 +8,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
@@ -19,6 +22,7 @@ from ..fusion.tower import DenseHeadOutputs, VLDyHead
 from ..head.atss import ATSSAssigner, ATSSAssignment, GLIPBoxCoder, cell_anchor, grid_anchors
 from ..head.inference import GLIPPostProcessor
 from ..language import build_language_backbone
+from ..mask_head import MaskTrainingStep
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +36,16 @@ class TrainingStep:
         head (DenseHeadOutputs): the head pass.
         assignment (ATSSAssignment): the ATSS assignment of the batch.
         anchors (list): per level (A_l, 4) inclusive anchors.
+        mask_rois (list): with a mask head, per image the inclusive training ROIs.
+        mask (MaskTrainingStep): with a mask head, its loss computation.
     """
 
     losses: Dict[str, torch.Tensor]
     head: DenseHeadOutputs
     assignment: ATSSAssignment
     anchors: List[torch.Tensor]
+    mask_rois: Optional[List[torch.Tensor]] = None
+    mask: Optional[MaskTrainingStep] = None
 
 
 @META_ARCH_REGISTRY.register()
@@ -56,13 +64,16 @@ class GLIP(nn.Module):
       in chunks) used instead of the top-level prompt fields; the backbone runs once and the
       chunks' detections are concatenated;
     * training only, ``instances`` with ``gt_boxes`` (XYXY_ABS, Detectron2's continuous
-      convention, in resized-image pixels) and ``gt_positive_map`` (G, L) bool.
+      convention, in resized-image pixels) and ``gt_positive_map`` (G, L) bool; with a mask
+      head also ``gt_masks`` (``PolygonMasks``/``BitMasks``) and optionally ``gt_mask_valid``
+      (G,) bool (False: no mask loss for that box).
 
     Output (inference): ``[{"instances": Instances}]`` in original-image pixels with
     ``pred_boxes`` (continuous XYXY, inside the image), ``scores``, ``pred_classes`` and
-    ``pred_phrases`` (a :class:`PhraseList` of str). Training returns the criterion's losses:
+    ``pred_phrases`` (a :class:`PhraseList` of str), and with a mask head ``pred_masks``
+    ((N, H, W) bool, pasted into the original image). Training returns the criterion's losses:
     ``loss_token``, ``loss_giou`` and ``loss_centerness``, plus GLIPv2's ``loss_region_word``
-    and ``loss_mlm`` when their weights are > 0.
+    and ``loss_mlm`` when their weights are > 0, and ``loss_mask`` with a mask head.
 
     Boxes are handled in the official inclusive convention inside (``x2 = x + w - 1``); the
     conversion happens once on the way in (``x2 - 1``) and once on the way out (``+ 1`` after
@@ -91,6 +102,9 @@ class GLIP(nn.Module):
         tuning_mode: str = "full",
         prompt_batch_size: int = 8,
         mlm_grounding_prompt: str = "masked",
+        mask_train_proposals: str = "atss+gt",
+        mask_proposal_generator: Optional[GLIPPostProcessor] = None,
+        mask_loss_weight: float = 1.0,
     ):
         """
         Args:
@@ -113,6 +127,12 @@ class GLIP(nn.Module):
             mlm_grounding_prompt (str): with GLIPv2's MLM, the prompt the grounding losses
                 see: ``"masked"`` (official: one pass over the masked prompt) or ``"clean"``
                 (the unmasked prompt; L_mlm on a second pass over the masked one).
+            mask_train_proposals (str): the mask head's training ROIs: ``"atss+gt"`` (the
+                training pass's detections from ``mask_proposal_generator``, then every GT
+                box; official) or ``"gt"`` (GT boxes only).
+            mask_proposal_generator (GLIPPostProcessor): the official train-time ATSS
+                post-processing (score threshold 0, its own top-N).
+            mask_loss_weight (float): weight of ``loss_mask``.
         """
         super().__init__()
         self.backbone = backbone
@@ -135,6 +155,14 @@ class GLIP(nn.Module):
                 "['clean', 'masked']"
             )
         self.mlm_grounding_prompt = mlm_grounding_prompt
+        if mask_train_proposals not in ("atss+gt", "gt"):
+            raise ValueError(
+                f"MODEL.ROI_MASK_HEAD.TRAIN_PROPOSALS '{mask_train_proposals}' is not one of "
+                "['atss+gt', 'gt']"
+            )
+        self.mask_train_proposals = mask_train_proposals
+        self.mask_proposal_generator = mask_proposal_generator
+        self.mask_loss_weight = mask_loss_weight
         if tuning_mode not in self.TUNING_MODES:
             raise ValueError(
                 f"SOLVER.TUNING_MODE '{tuning_mode}' is not one of {sorted(self.TUNING_MODES)}"
@@ -194,7 +222,8 @@ class GLIP(nn.Module):
             raise ValueError(f"GLIP head needs equal channels on {in_features}, got {channels}")
         bert_config = language_backbone.bert_config
         visual_dim = channels.pop()
-        needs_fused_text = cfg.MODEL.GLIPV2.MLM.WEIGHT > 0
+        # GLIPv2's LM head and mask head read the token features after the last block.
+        needs_fused_text = cfg.MODEL.GLIPV2.MLM.WEIGHT > 0 or cfg.MODEL.MASK_ON
         head = VLDyHead(
             cfg,
             in_channels=visual_dim,
@@ -218,9 +247,27 @@ class GLIP(nn.Module):
             bert_config=bert_config,
             language_backbone=language_backbone,
         )
+        mask_head, mask_proposals = None, None
+        if cfg.MODEL.MASK_ON:
+            mask_cfg = cfg.MODEL.ROI_MASK_HEAD
+            mask_head = ROI_MASK_HEAD_REGISTRY.get(mask_cfg.NAME)(
+                cfg, ShapeSpec(channels=visual_dim), lang_dim=language_backbone.out_dim
+            )
+            mask_proposals = GLIPPostProcessor(
+                box_coder,
+                score_thresh=0.0,
+                pre_nms_top_n=mask_cfg.PRE_NMS_TOP_N_TRAIN,
+                nms_thresh=atss.NMS_TH,
+                detections_per_img=mask_cfg.POST_NMS_TOP_N_TRAIN,
+                score_agg=cfg.MODEL.GLIP_HEAD.SCORE_AGG,
+            )
         return {
             "backbone": backbone,
             "language_backbone": language_backbone,
+            "mask_head": mask_head,
+            "mask_train_proposals": cfg.MODEL.ROI_MASK_HEAD.TRAIN_PROPOSALS,
+            "mask_proposal_generator": mask_proposals,
+            "mask_loss_weight": cfg.MODEL.ROI_MASK_HEAD.LOSS_WEIGHT,
             "head": head,
             "assigner": ATSSAssigner(atss.TOPK),
             "criterion": criterion,
@@ -348,13 +395,14 @@ class GLIP(nn.Module):
         if separate:
             mlm_ids = self._stack_prompt(batched_inputs, "mlm_input_ids", self.device)
             cache["mlm_head"] = self.dense_head(features, mlm_ids, attention_mask)
-        gt_boxes, gt_maps = [], []
+        gt_boxes, gt_maps, instances = [], [], []
         for x in batched_inputs:
             inst = x["instances"].to(self.device)
             boxes = inst.gt_boxes.tensor.clone()
             boxes[:, 2:] -= 1  # continuous -> inclusive (reference §10: x2 = x + w - 1)
             gt_boxes.append(boxes)
             gt_maps.append(inst.gt_positive_map)
+            instances.append(inst)
         anchors = self.anchors(features)
         assignment = self.assigner(anchors, gt_boxes)
         losses = self.criterion(
@@ -366,7 +414,61 @@ class GLIP(nn.Module):
             batched_inputs,
             cache=cache,
         )
-        return TrainingStep(losses=losses, head=head, assignment=assignment, anchors=anchors)
+        step = TrainingStep(losses=losses, head=head, assignment=assignment, anchors=anchors)
+        if self.mask_head is not None:
+            self._mask_training_step(step, images, instances, gt_boxes, gt_maps)
+        return step
+
+    def mask_training_rois(
+        self,
+        head: DenseHeadOutputs,
+        anchors: List[torch.Tensor],
+        image_sizes: List[Tuple[int, int]],
+        gt_boxes: List[torch.Tensor],
+        gt_maps: List[torch.Tensor],
+    ) -> List[torch.Tensor]:
+        """Per image, the inclusive ROIs the mask head trains on: ``"gt"``: the GT boxes;
+        ``"atss+gt"``: the official train-time detections of this pass (each GT box's token
+        map is one "class"; no gradient) followed by every GT box."""
+        if self.mask_train_proposals == "gt":
+            return [b.detach() for b in gt_boxes]
+        rois = []
+        with torch.no_grad():
+            logits = [lg.detach() for lg in head.logits]
+            deltas = [d.detach() for d in head.deltas]
+            centerness = [c.detach() for c in head.centerness]
+            for i, gt in enumerate(gt_boxes):
+                if len(gt):
+                    boxes, _, _ = self.mask_proposal_generator(
+                        logits, deltas, centerness, anchors, i, gt_maps[i], image_sizes[i]
+                    )
+                else:
+                    boxes = gt.new_zeros((0, 4))
+                rois.append(torch.cat([boxes.to(gt.dtype), gt.detach()]))
+        return rois
+
+    def _mask_training_step(self, step, images, instances, gt_boxes, gt_maps) -> None:
+        gt_masks, valid = [], []
+        for i, inst in enumerate(instances):
+            if not inst.has("gt_masks"):
+                raise KeyError(
+                    f"MODEL.MASK_ON: training image {i} of the batch has no 'gt_masks' in its "
+                    "instances (the mapper adds them when MODEL.MASK_ON is set)"
+                )
+            gt_masks.append(inst.gt_masks)
+            valid.append(
+                inst.gt_mask_valid
+                if inst.has("gt_mask_valid")
+                else torch.ones(len(inst), dtype=torch.bool, device=self.device)
+            )
+        rois = self.mask_training_rois(
+            step.head, step.anchors, images.image_sizes, gt_boxes, gt_maps
+        )
+        mask = self.mask_head.training_step(
+            step.head.fused_visual, rois, step.head.text_fused, gt_boxes, gt_maps, gt_masks, valid
+        )
+        step.losses["loss_mask"] = mask.loss * self.mask_loss_weight
+        step.mask_rois, step.mask = rois, mask
 
     @torch.no_grad()
     def masked_token_logits(
@@ -468,9 +570,23 @@ class GLIP(nn.Module):
                 boxes, scores, labels = self.detect(
                     logits, deltas, centerness, anchors, k, positive_map, images.image_sizes[i]
                 )
+                masks = None
+                if self.mask_head is not None:
+                    masks = self.mask_head(
+                        [f[k : k + 1] for f in out.fused_visual],
+                        [boxes],
+                        out.text_fused[k : k + 1],
+                        [positive_map.to(boxes.device)[labels]],
+                    ).sigmoid()
                 found[i].append(
                     self.to_instances(
-                        prompt, batched_inputs[i], images.image_sizes[i], boxes, scores, labels
+                        prompt,
+                        batched_inputs[i],
+                        images.image_sizes[i],
+                        boxes,
+                        scores,
+                        labels,
+                        masks=masks,
                     )
                 )
         return [{"instances": r[0] if len(r) == 1 else Instances.cat(r)} for r in found]
@@ -483,6 +599,7 @@ class GLIP(nn.Module):
         boxes: torch.Tensor,
         scores: torch.Tensor,
         labels: torch.Tensor,
+        masks: Optional[torch.Tensor] = None,
     ) -> Instances:
         """Detections in original-image pixels and Detectron2's box convention.
 
@@ -492,6 +609,10 @@ class GLIP(nn.Module):
         image that was scaled up, the +1 after scaling would otherwise reach up to
         ``1 - original/resized`` pixels past its right and bottom edges (x = 2 on a 1x1 image;
         the official code leaves it there).
+
+        ``masks`` (N, M, M) probabilities in box coordinates are pasted into the original
+        image at the output boxes and thresholded at 0.5 (Detectron2's
+        ``paste_masks_in_image``), giving ``pred_masks`` (N, H, W) bool.
         """
         h, w = image_size
         out_h, out_w = x.get("height", h), x.get("width", w)
@@ -508,4 +629,7 @@ class GLIP(nn.Module):
         phrases = prompt.get("phrases")
         if phrases is not None:
             inst.pred_phrases = PhraseList(phrases)[labels]
+        if masks is not None:
+            pasted = paste_masks_in_image(masks, inst.pred_boxes, (out_h, out_w), threshold=0.5)
+            inst.pred_masks = pasted.bool()
         return inst
