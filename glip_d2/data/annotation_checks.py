@@ -16,13 +16,43 @@ read from a json (Detectron2's ``COCOEvaluator``, the LVIS evaluators) is not re
 that would be dropped is an error naming it (:func:`check_evaluation_ground_truth`); a box
 partly outside its image is evaluated as annotated (COCO's own json has boxes a fraction of a
 pixel past the border).
+
+Segmentations (:func:`check_segmentation`, the loaders keep them as Detectron2's
+``load_coco_json`` does) of the annotations whose box is kept:
+
+* **box-only**: no ``segmentation`` key, ``None`` or an empty list (the mapper's
+  ``MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS`` decides what such an annotation trains).
+* **repaired**: a polygon with fewer than 3 points or a NaN or infinite coordinate is dropped
+  from the annotation's polygon list (Detectron2 drops the short ones too); if none is left
+  the annotation becomes box-only. Counted and logged in one WARNING per dataset
+  (:class:`SegmentationReport`).
+* **error** (a ``ValueError`` naming the json file, the annotation and its image): not a
+  polygon list or an RLE dict; a polygon that is not a flat list of numbers or has an odd
+  number of coordinates; an RLE without ``size`` and ``counts``, whose ``size`` is not the
+  image's ``[height, width]``, or whose uncompressed ``counts`` do not sum to
+  ``height * width``. Such a file is not in the format the loader reads, as a bbox that is
+  not four numbers.
+
+An uncompressed RLE (``counts`` a list, COCO's crowd annotations) is compressed, as
+``load_coco_json`` does (``counts`` a str).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 from detectron2.structures import BoxMode
@@ -35,15 +65,22 @@ __all__ = [
     "NON_FINITE",
     "NOT_POSITIVE",
     "OUTSIDE",
+    "SEGM_DROPPED",
+    "SEGM_REPAIRED",
     "BoxCheck",
     "InvalidBoxReport",
+    "SegmentationCheck",
+    "SegmentationReport",
     "check_annotation_box",
+    "check_annotation_segmentation",
     "check_box",
+    "check_segmentation",
     "check_evaluation_ground_truth",
     "check_training_records",
     "find_invalid_boxes",
     "loading_report",
     "report_invalid_boxes",
+    "report_segmentations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +98,11 @@ NOT_POSITIVE = "zero or negative width or height"
 OUTSIDE = "outside the image"
 MALFORMED = "malformed bbox"
 CLIPPED = "partly outside the image (clipped)"
+# Segmentation problems that are repaired (see the module docstring).
+SEGM_DROPPED = "no polygon with 3 or more finite points (now box-only)"
+SEGM_REPAIRED = "some polygons with fewer than 3 points or non-finite coordinates (dropped)"
+
+Segmentation = Union[List[List[float]], Dict[str, Any]]
 
 
 class BoxCheck(NamedTuple):
@@ -352,3 +394,198 @@ def check_evaluation_ground_truth(
         "be a finite [x, y, w, h] with w, h > 0 and some area inside its image; fix the json or "
         "remove these annotations."
     )
+
+
+# ---------------------------------------------------------------------------- segmentations
+
+
+class SegmentationCheck(NamedTuple):
+    """The outcome of :func:`check_segmentation`.
+
+    Attributes:
+        segmentation (list or dict or None): what the record keeps: a list of polygons (each a
+            flat ``[x1, y1, x2, y2, ...]`` list in image pixels), a compressed RLE dict
+            (``size`` ``[height, width]``, ``counts`` str or bytes), or None (box-only).
+        problem (str or None): :data:`SEGM_REPAIRED`, :data:`SEGM_DROPPED` or None.
+    """
+
+    segmentation: Optional[Segmentation]
+    problem: Optional[str]
+
+
+def _finite_polygon(polygon: Any, k: int) -> bool:
+    """Whether polygon ``k`` is kept; raises ValueError when it is malformed."""
+    if not isinstance(polygon, (list, tuple)):
+        raise ValueError(
+            f"polygon {k} is a {type(polygon).__name__}, not a flat list [x1, y1, x2, y2, ...] "
+            "(segmentation must be a list of such polygons, or an RLE dict)"
+        )
+    try:
+        # One pass in C (COCO has ~1M polygons): a non-number raises, a NaN or an infinity
+        # makes the sum non-finite.
+        total = float(sum(polygon))
+    except TypeError:
+        raise ValueError(
+            f"polygon {k} is not a flat list of numbers [x1, y1, x2, y2, ...]"
+        ) from None
+    if len(polygon) % 2:
+        raise ValueError(f"polygon {k} has an odd number of coordinates ({len(polygon)})")
+    return len(polygon) >= 6 and math.isfinite(total)
+
+
+def _check_rle(segm: Mapping[str, Any], height: Optional[int], width: Optional[int]):
+    size, counts = segm.get("size"), segm.get("counts")
+    if counts is None or not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise ValueError(f"RLE without 'counts' and a 'size' [height, width]: keys {sorted(segm)}")
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"RLE size {size} is not two integers") from None
+    if None not in (height, width) and (h, w) != (int(height), int(width)):
+        raise ValueError(
+            f"RLE size [height, width] = {[h, w]} differs from the image's {[height, width]}"
+        )
+    if isinstance(counts, (str, bytes)):
+        return {"size": [h, w], "counts": counts}
+    if not isinstance(counts, (list, tuple)):
+        raise ValueError(f"RLE counts is a {type(counts).__name__}, not a str or a list")
+    try:
+        runs = [int(c) for c in counts]
+    except (TypeError, ValueError):
+        raise ValueError("uncompressed RLE counts are not all integers") from None
+    if any(c < 0 for c in runs):
+        raise ValueError("uncompressed RLE counts has a negative run length")
+    if sum(runs) != h * w:
+        raise ValueError(
+            f"uncompressed RLE counts sum to {sum(runs)}, not height * width = {h * w}"
+        )
+    from pycocotools import mask as mask_util
+
+    compressed = mask_util.frPyObjects({"size": [h, w], "counts": runs}, h, w)
+    return {"size": [h, w], "counts": compressed["counts"].decode("ascii")}
+
+
+def check_segmentation(
+    segm: Any, height: Optional[int] = None, width: Optional[int] = None
+) -> SegmentationCheck:
+    """Apply the module's segmentation rule to one annotation's ``segmentation``.
+
+    Args:
+        segm: the json value (absent = None).
+        height, width (int, optional): the image size; without it an RLE size is not checked.
+
+    Returns:
+        SegmentationCheck: the segmentation to keep (None: box-only) and the repair made.
+
+    Raises:
+        ValueError: a malformed segmentation; the message says what is wrong (without the
+            annotation, which :func:`check_annotation_segmentation` adds).
+    """
+    if segm is None or (isinstance(segm, (list, tuple)) and len(segm) == 0):
+        return SegmentationCheck(None, None)
+    if isinstance(segm, Mapping):
+        return SegmentationCheck(_check_rle(segm, height, width), None)
+    if not isinstance(segm, (list, tuple)):
+        raise ValueError(f"a {type(segm).__name__}, not a list of polygons or an RLE dict")
+    if isinstance(segm[0], (int, float)):
+        raise ValueError(
+            "a flat list of numbers; a polygon segmentation is a list of polygons "
+            "[[x1, y1, x2, y2, ...], ...]"
+        )
+    kept = [p for k, p in enumerate(segm) if _finite_polygon(p, k)]
+    if not kept:
+        return SegmentationCheck(None, SEGM_DROPPED)
+    if len(kept) < len(segm):
+        return SegmentationCheck(kept, SEGM_REPAIRED)
+    return SegmentationCheck(segm if isinstance(segm, list) else list(segm), None)
+
+
+class SegmentationReport:
+    """Repaired segmentations of one dataset, counted, with the first few named.
+
+    Args:
+        where (str): the dataset, as messages name it.
+    """
+
+    def __init__(self, where: str):
+        self.where = where
+        self.counts: Dict[str, int] = {}
+        self.examples: List[Tuple[Any, Any, str]] = []  # (annotation id, image id, problem)
+
+    def add(self, annotation_id: Any, image_id: Any, problem: Optional[str]) -> None:
+        """Count one repair (``problem`` None: nothing to count)."""
+        if problem is None:
+            return
+        self.counts[problem] = self.counts.get(problem, 0) + 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append((annotation_id, image_id, problem))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SegmentationReport) and (self.where, self.counts) == (
+            other.where,
+            other.counts,
+        )
+
+    def summary(self) -> str:
+        """``"2 annotations have repaired segmentations (...: 1, ...: 1); first: annotation 7
+        of image 2 (...)"``; empty when nothing was repaired."""
+        if not self.counts:
+            return ""
+        detail = ", ".join(f"{p}: {n}" for p, n in sorted(self.counts.items()))
+        first = ", ".join(f"annotation {a} of image {i} ({p})" for a, i, p in self.examples)
+        total = sum(self.counts.values())
+        return f"{total} annotations have repaired segmentations ({detail}); first: {first}"
+
+
+_SEGM_REPORTS: Dict[str, SegmentationReport] = {}
+
+
+def report_segmentations(report: SegmentationReport, dataset_name: Optional[str]) -> None:
+    """Log a loader's segmentation report as one WARNING, unless the same report was logged
+    before for the dataset (it is loaded again for each evaluation)."""
+    key = dataset_name or report.where
+    previous = _SEGM_REPORTS.get(key)
+    _SEGM_REPORTS[key] = report
+    if not report.summary() or previous == report:
+        return
+    logger.warning(
+        f"{report.where}: {report.summary()}. Rule: polygons with fewer than 3 points or a NaN "
+        "or infinite coordinate are dropped; an annotation left without polygons is box-only "
+        "(see MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS)."
+    )
+
+
+def check_annotation_segmentation(
+    ann: Mapping[str, Any],
+    record: Mapping[str, Any],
+    report: SegmentationReport,
+    where: str,
+) -> Optional[Segmentation]:
+    """A loader's check of one annotation's ``segmentation``: :func:`check_segmentation`
+    against the record's image size, with a repair counted in ``report``.
+
+    Args:
+        ann (dict): the json annotation.
+        record (dict): its image's record (``image_id``, ``file_name``, optional ``height``
+            and ``width``).
+        report (SegmentationReport): the dataset's report.
+        where (str): the dataset and json file, for the error.
+
+    Returns:
+        list or dict or None: the segmentation the record keeps (None: box-only).
+
+    Raises:
+        ValueError: a malformed segmentation; names ``where``, the annotation id, the image id
+            and file, and what is wrong.
+    """
+    try:
+        check = check_segmentation(
+            ann.get("segmentation"), record.get("height"), record.get("width")
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"{where}: annotation {ann.get('id')} of image {record.get('image_id')} "
+            f"('{record.get('file_name')}') has an invalid segmentation: {e}"
+        ) from None
+    report.add(ann.get("id"), record.get("image_id"), check.problem)
+    return check.segmentation

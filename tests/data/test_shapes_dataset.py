@@ -1,13 +1,18 @@
-"""The synthetic glip_shapes set: deterministic, safe to generate concurrently, usable."""
+"""The synthetic glip_shapes set: deterministic, safe to generate concurrently, usable; its
+segmentations leave the images and boxes as they were, and old folders get them."""
 
 import filecmp
+import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import uuid
 
+import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
 
 from glip_d2.data.datasets import (
     SHAPES_CLASSES,
@@ -15,6 +20,7 @@ from glip_d2.data.datasets import (
     generate_glip_shapes,
     register_glip_shapes,
 )
+from glip_d2.data.datasets.shapes import SHAPES_VERSION, shape_polygon
 
 SMALL = {"num_train": 6, "num_val": 4, "seed": 0}
 
@@ -118,3 +124,67 @@ def test_incomplete_folder_is_reported(tmp_path):
     (root / "stray.txt").write_text("x")
     with pytest.raises(RuntimeError, match="not a complete glip_shapes set"):
         ensure_glip_shapes(str(root), **SMALL)
+
+
+def _digests(root):
+    """sha256 of the decoded pixels of every image, and of the jsons without segmentations."""
+    pixels = hashlib.sha256()
+    for split in ("train", "val"):
+        for name in sorted(os.listdir(root / split)):
+            pixels.update(np.asarray(Image.open(root / split / name)).tobytes())
+    annotations = hashlib.sha256()
+    for kind in ("instances", "grounding"):
+        for split in ("train", "val"):
+            data = json.loads((root / "annotations" / f"{kind}_{split}.json").read_text())
+            for ann in data["annotations"]:
+                ann.pop("segmentation")
+            annotations.update(json.dumps(data, sort_keys=True).encode())
+    return pixels.hexdigest(), annotations.hexdigest()
+
+
+def test_images_and_boxes_unchanged_by_segmentations(tmp_path):
+    # Digests of the set as generated before segmentations were added (SMALL parameters):
+    # the quick start's numbers depend on these exact images, boxes and captions.
+    generate_glip_shapes(str(tmp_path / "s"), **SMALL)
+    assert _digests(tmp_path / "s") == (
+        "dd7e8cdbd438d6c8de39cd32201a614a92958ff79b17ce235ec9a653ca279a09",
+        "581d47e3ae4fb2a2198826b531170bf0fc355a5fe4f55f83c190d1f7b03cffc0",
+    )
+
+
+def test_old_folder_gets_segmentations(tmp_path):
+    new, old = tmp_path / "new", tmp_path / "old"
+    generate_glip_shapes(str(new), **SMALL)
+    shutil.copytree(new, old)
+    # A folder written before segmentations existed: no VERSION file, no segmentation keys.
+    (old / "annotations" / "VERSION").unlink()
+    for path in (old / "annotations").glob("*.json"):
+        data = json.loads(path.read_text())
+        for ann in data["annotations"]:
+            del ann["segmentation"]
+        path.write_text(json.dumps(data))
+    images = {p: p.stat().st_mtime_ns for p in old.glob("*/*.png")}
+    ensure_glip_shapes(str(old), **SMALL)
+    assert (old / "annotations" / "VERSION").read_text() == f"{SHAPES_VERSION}\n"
+    for path in (new / "annotations").glob("*"):
+        assert filecmp.cmp(path, old / "annotations" / path.name, shallow=False), path.name
+    assert {p: p.stat().st_mtime_ns for p in old.glob("*/*.png")} == images  # untouched
+    assert sorted(os.listdir(old / "annotations")) == sorted(os.listdir(new / "annotations"))
+
+
+def test_newer_folder_is_reported(tmp_path):
+    root = tmp_path / "s"
+    generate_glip_shapes(str(root), **SMALL)
+    (root / "annotations" / "VERSION").write_text(f"{SHAPES_VERSION + 1}\n")
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        ensure_glip_shapes(str(root), **SMALL)
+
+
+def test_shape_polygons():
+    assert shape_polygon("square", 2, 3, 10) == [2, 3, 12, 3, 12, 13, 2, 13]
+    assert shape_polygon("triangle", 2, 3, 10) == [7, 3, 2, 13, 12, 13]
+    circle = np.asarray(shape_polygon("circle", 2, 3, 10)).reshape(-1, 2)
+    assert circle.shape == (64, 2)
+    np.testing.assert_allclose(np.hypot(circle[:, 0] - 7, circle[:, 1] - 8), 5, atol=0.01)
+    with pytest.raises(ValueError, match="unknown shape kind 'star'"):
+        shape_polygon("star", 0, 0, 4)

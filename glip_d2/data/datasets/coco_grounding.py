@@ -18,7 +18,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from ..annotation_checks import InvalidBoxReport, check_annotation_box, report_invalid_boxes
+from ..annotation_checks import (
+    InvalidBoxReport,
+    SegmentationReport,
+    check_annotation_box,
+    check_annotation_segmentation,
+    report_invalid_boxes,
+    report_segmentations,
+)
 
 __all__ = ["load_coco_grounding_json", "register_coco_grounding", "require_file"]
 
@@ -79,6 +86,9 @@ def load_coco_grounding_json(
     Invalid boxes follow :mod:`glip_d2.data.annotation_checks`: NaN/infinite, zero or negative
     size, or no area inside the image: dropped; partly outside the image: clipped. Both are
     counted and logged in one WARNING per dataset naming the first annotation and image ids.
+    Segmentations are kept as ``load_coco_json`` keeps them and follow the same module:
+    polygons with fewer than 3 points are dropped (an annotation left without any is
+    box-only), an uncompressed RLE is compressed, a malformed one is an error.
 
     Args:
         json_file (str): the COCO-format annotation file.
@@ -98,12 +108,14 @@ def load_coco_grounding_json(
     Returns:
         list[dict]: records with ``file_name``, ``height``, ``width``, ``image_id``,
         ``dataset_name`` and ``annotations`` (``bbox`` in ``BoxMode.XYWH_ABS``, contiguous
-        ``category_id``, ``iscrowd``, ``id``).
+        ``category_id``, ``iscrowd``, ``id``, and ``segmentation`` where the json has one: a
+        list of polygons ``[[x1, y1, ...], ...]`` in image pixels or a compressed RLE dict).
 
     Raises:
         FileNotFoundError: the json file is missing (the message names it).
         ValueError: the json has no categories, or an annotation refers to an unknown
-            category or image, or has a malformed box (not four numbers).
+            category or image, or has a malformed box (not four numbers) or segmentation
+            (the message names the json file, the annotation id and its image).
     """
     require_file(json_file, dataset_name)
     with PathManager.open(json_file, "r") as f:
@@ -125,6 +137,7 @@ def load_coco_grounding_json(
     prompt_suffixes = [p.get("suffix", "") for p in cp]
 
     report = InvalidBoxReport(where)
+    segm_report = SegmentationReport(where)
     records: Dict[Any, Dict[str, Any]] = {}
     for img in data.get("images", []):
         file_name = None if file_name_from_coco_url else img.get("file_name")
@@ -159,17 +172,20 @@ def load_coco_grounding_json(
         check = check_annotation_box(ann, record, report, where)
         if check.bbox is None:
             continue
-        record["annotations"].append(
-            {
-                "id": ann_id,
-                "bbox": check.bbox,
-                "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": id_map[ann["category_id"]],
-                "iscrowd": int(ann.get("iscrowd", 0)),
-            }
-        )
+        out = {
+            "id": ann_id,
+            "bbox": check.bbox,
+            "bbox_mode": BoxMode.XYWH_ABS,
+            "category_id": id_map[ann["category_id"]],
+            "iscrowd": int(ann.get("iscrowd", 0)),
+        }
+        segm = check_annotation_segmentation(ann, record, segm_report, where)
+        if segm is not None:
+            out["segmentation"] = segm
+        record["annotations"].append(out)
 
     report_invalid_boxes(report, dataset_name)
+    report_segmentations(segm_report, dataset_name)
     if dataset_name is not None:
         MetadataCatalog.get(dataset_name).set(
             thing_classes=thing_classes,

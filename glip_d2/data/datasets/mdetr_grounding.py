@@ -8,7 +8,8 @@ Format (reference §10; MDETR's ``final_*.json``): one image entry per (image, c
 An image without ``tokens_positive_eval`` (a user's own set) gets evaluation phrases derived
 from its annotations: one phrase per distinct (sorted) ``tokens_positive`` list of its non-crowd
 annotations, in caption order, which is how the mapper groups the boxes of a caption into
-phrases for training. Invalid boxes follow :mod:`glip_d2.data.annotation_checks`.
+phrases for training. Invalid boxes and segmentations (kept where the json has them, e.g.
+RefCOCO's and PhraseCut's) follow :mod:`glip_d2.data.annotation_checks`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from ..annotation_checks import InvalidBoxReport, check_annotation_box, report_invalid_boxes
+from ..annotation_checks import (
+    InvalidBoxReport,
+    SegmentationReport,
+    check_annotation_box,
+    check_annotation_segmentation,
+    report_invalid_boxes,
+    report_segmentations,
+)
 from ..prompts.text import check_char_spans
 from .coco_grounding import require_file
 
@@ -90,12 +98,15 @@ def load_mdetr_grounding_json(
         character spans; derived by :func:`derive_eval_phrases` where the json has none; an
         INFO line says how many), ``sentence_id``, ``original_img_id``, ``mdetr_dataset_name``...,
         and ``annotations`` with ``bbox`` (``XYWH_ABS``), ``category_id`` 0, ``iscrowd``,
-        ``id`` and ``tokens_positive`` (character spans).
+        ``id``, ``tokens_positive`` (character spans) and, where the json has one,
+        ``segmentation`` (polygons in image pixels or a compressed RLE dict, as
+        :func:`glip_d2.data.load_coco_grounding_json`).
 
     Raises:
         FileNotFoundError: the json file is missing.
-        ValueError: an empty caption (names the image id), a span outside its caption or a
-            box that is not four numbers (names the annotation id).
+        ValueError: an empty caption (names the image id), a span outside its caption, a
+            box that is not four numbers or a malformed segmentation (names the json file,
+            the annotation id and its image).
     """
     require_file(json_file, dataset_name)
     with PathManager.open(json_file, "r") as f:
@@ -131,6 +142,7 @@ def load_mdetr_grounding_json(
         records[img["id"]] = record
 
     report = InvalidBoxReport(where)
+    segm_report = SegmentationReport(where)
     no_text = 0
     for ann in data.get("annotations", []):
         ann_id = ann.get("id")
@@ -155,10 +167,14 @@ def load_mdetr_grounding_json(
         }
         if "phrase_ids" in ann:
             out["phrase_ids"] = ann["phrase_ids"]
+        segm = check_annotation_segmentation(ann, record, segm_report, where)
+        if segm is not None:
+            out["segmentation"] = segm
         record["annotations"].append(out)
     if no_text:
         logger.warning(f"{where}: dropped {no_text} annotations without tokens_positive")
     report_invalid_boxes(report, dataset_name)
+    report_segmentations(segm_report, dataset_name)
     derived = [r for r in records.values() if "tokens_positive_eval" not in r]
     for record in derived:
         record["tokens_positive_eval"] = derive_eval_phrases(record["annotations"])

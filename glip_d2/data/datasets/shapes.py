@@ -6,14 +6,25 @@ refers to the objects by size, colour and shape (``"a small red circle next to a
 square."``) with MDETR-style ``tokens_positive`` spans. Images are 128-192 pixels a side, so a
 tiny model learns the set on CPU in minutes.
 
+Every annotation has an exact polygon ``segmentation`` (:func:`shape_polygon`, in COCO pixel
+coordinates where pixel ``(i, j)`` covers ``[i, i + 1) x [j, j + 1)``): the square's four
+corners, the triangle's three vertices and, for the circle, a 64-point polygon inscribed in the
+circle of the drawn ellipse. Rasterised with pycocotools, the square gives exactly the drawn
+pixels, the triangle and the circle at least 0.95 IoU with them (PIL draws without
+antialiasing). The json ``area`` stays the box area.
+
 Layout under the root folder::
 
     train/000000.png ...           val/000000.png ...
     annotations/instances_{train,val}.json   (COCO detection)
     annotations/grounding_{train,val}.json   (MDETR grounding: caption, tokens_positive)
+    annotations/VERSION                      (the annotation format, :data:`SHAPES_VERSION`)
 
 Generation writes to a temporary folder next to the root and renames it into place, so several
-processes may ask for the set at once.
+processes may ask for the set at once. A complete folder of an older version (no ``VERSION``
+file: the jsons without segmentations) is upgraded in place by :func:`ensure_glip_shapes`:
+each annotation's polygon follows from its category (the shape) and box, so the images, the
+boxes and everything else stay as they are.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ from .mdetr_grounding import load_mdetr_grounding_json
 
 __all__ = [
     "SHAPES_CLASSES",
+    "SHAPES_VERSION",
+    "shape_polygon",
     "generate_glip_shapes",
     "ensure_glip_shapes",
     "register_glip_shapes",
@@ -53,6 +66,10 @@ _SPLITS = ("train", "val")
 
 #: The 9 category names, json ids 1..9 in this order.
 SHAPES_CLASSES: Tuple[str, ...] = tuple(f"{c} {k}" for c, _ in _COLORS for k in _KINDS)
+
+#: The annotation format: 1 (no ``VERSION`` file) boxes only, 2 with polygon segmentations.
+SHAPES_VERSION = 2
+_CIRCLE_POINTS = 64
 
 _ONE_PHRASE = ("{0}.", "there is {0} in the picture.", "a picture of {0}.")
 _TWO_PHRASES = ("{0} next to {1}.", "{0} and {1}.", "a picture of {0} and {1}.")
@@ -88,6 +105,40 @@ def _draw(draw: ImageDraw.ImageDraw, kind: str, x0: int, y0: int, side: int, col
         draw.rectangle([x0, y0, x1, y1], fill=color)
     else:
         draw.polygon([(x0 + (side - 1) / 2.0, y0), (x0, y1), (x1, y1)], fill=color)
+
+
+def shape_polygon(kind: str, x0: int, y0: int, side: int) -> List[float]:
+    """The polygon of a shape drawn by this module in the box ``[x0, y0, side, side]``.
+
+    PIL fills pixels ``x0 .. x0 + side - 1``, i.e. ``[x0, x0 + side)`` in COCO's continuous
+    coordinates; the polygon spans that box.
+
+    Args:
+        kind (str): ``"circle"``, ``"square"`` or ``"triangle"``.
+        x0, y0, side (int): the box (``XYWH_ABS``, a square).
+
+    Returns:
+        list[float]: flat ``[x1, y1, x2, y2, ...]`` in image pixels: the square's 4 corners,
+        the triangle's 3 vertices (apex at the top centre), or 64 points on the circle of
+        radius ``side / 2`` (at angles ``(k + 0.5) * 2 pi / 64``, rounded to 0.01 px).
+    """
+    x1, y1 = x0 + side, y0 + side
+    if kind == "square":
+        return [float(v) for v in (x0, y0, x1, y0, x1, y1, x0, y1)]
+    if kind == "triangle":
+        return [x0 + side / 2.0, float(y0), float(x0), float(y1), float(x1), float(y1)]
+    if kind != "circle":
+        raise ValueError(f"unknown shape kind {kind!r}; expected one of {_KINDS}")
+    angles = (np.arange(_CIRCLE_POINTS) + 0.5) * (2.0 * np.pi / _CIRCLE_POINTS)
+    cx, cy, r = x0 + side / 2.0, y0 + side / 2.0, side / 2.0
+    points = np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], axis=1)
+    return [round(float(v), 2) for v in points.reshape(-1)]
+
+
+def _segmentation(category_id: int, bbox: Sequence[float]) -> List[List[float]]:
+    """The ``segmentation`` of an annotation of this set, from its category and box."""
+    x0, y0, side, _ = (int(v) for v in bbox)
+    return [shape_polygon(_KINDS[(int(category_id) - 1) % len(_KINDS)], x0, y0, side)]
 
 
 def _caption(rng, objects: Sequence[Dict[str, Any]]) -> Tuple[str, List[List[int]], List[int]]:
@@ -179,6 +230,7 @@ def _write_split(folder: str, split: str, split_index: int, num: int, seed: int)
                 "bbox": obj["bbox"],
                 "area": obj["bbox"][2] * obj["bbox"][3],
                 "iscrowd": 0,
+                "segmentation": _segmentation(obj["category_id"], obj["bbox"]),
             }
             det["annotations"].append(box)
             grd["annotations"].append({**box, "tokens_positive": [spans[k]], "phrase_ids": k})
@@ -188,12 +240,59 @@ def _write_split(folder: str, split: str, split_index: int, num: int, seed: int)
             json.dump(data, f)
 
 
-def _complete(root: str) -> bool:
-    return all(
-        os.path.isfile(os.path.join(root, "annotations", f"{kind}_{split}.json"))
+def _json_files(root: str) -> List[str]:
+    return [
+        os.path.join(root, "annotations", f"{kind}_{split}.json")
         for kind in ("instances", "grounding")
         for split in _SPLITS
-    )
+    ]
+
+
+def _complete(root: str) -> bool:
+    return all(os.path.isfile(path) for path in _json_files(root))
+
+
+def _version(root: str) -> int:
+    path = os.path.join(root, "annotations", "VERSION")
+    if not os.path.isfile(path):
+        return 1
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write through a temporary file and rename: concurrent readers see old or new."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_version(folder: str) -> None:
+    _write_atomic(os.path.join(folder, "annotations", "VERSION"), f"{SHAPES_VERSION}\n")
+
+
+def _upgrade(root: str) -> None:
+    """Add the polygon of every annotation of a version-1 folder (same content as a new one:
+    the polygon is a function of the category and the box); then write ``VERSION``."""
+    logger.info(f"Adding segmentations to the glip_shapes annotations in '{root}' ...")
+    for path in _json_files(root):
+        with open(path) as f:
+            data = json.load(f)
+        for ann in data["annotations"]:
+            # Key order as generated: segmentation after iscrowd (before tokens_positive).
+            items = list(ann.items())
+            at = [k for k, _ in items].index("iscrowd") + 1
+            segm = ("segmentation", _segmentation(ann["category_id"], ann["bbox"]))
+            ann.clear()
+            ann.update(items[:at] + [segm] + [kv for kv in items[at:] if kv[0] != "segmentation"])
+        _write_atomic(path, json.dumps(data))
+    _write_version(root)
 
 
 def generate_glip_shapes(root: str, *, num_train: int = 256, num_val: int = 64, seed: int = 0):
@@ -211,6 +310,7 @@ def generate_glip_shapes(root: str, *, num_train: int = 256, num_val: int = 64, 
         os.makedirs(os.path.join(tmp, "annotations"))
         for split_index, (split, num) in enumerate(zip(_SPLITS, (num_train, num_val))):
             _write_split(tmp, split, split_index, num, seed)
+        _write_version(tmp)
         os.rename(tmp, root)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -220,8 +320,21 @@ def generate_glip_shapes(root: str, *, num_train: int = 256, num_val: int = 64, 
 
 
 def ensure_glip_shapes(root: str, *, num_train: int = 256, num_val: int = 64, seed: int = 0) -> str:
-    """Generate the set into ``root`` unless it is already there; returns ``root``."""
-    if not _complete(root):
+    """Generate the set into ``root`` unless it is already there; returns ``root``.
+
+    A complete folder of an older :data:`SHAPES_VERSION` is upgraded in place (see the module
+    docstring); its images are not touched.
+    """
+    if _complete(root):
+        version = _version(root)
+        if version > SHAPES_VERSION:
+            raise RuntimeError(
+                f"'{root}' is a glip_shapes set of version {version}, newer than this code's "
+                f"{SHAPES_VERSION}; update glip_d2 or delete the folder to regenerate"
+            )
+        if version < SHAPES_VERSION:
+            _upgrade(root)
+    else:
         if os.path.isdir(root) and os.listdir(root):
             raise RuntimeError(
                 f"'{root}' exists but is not a complete glip_shapes set; delete it to regenerate"

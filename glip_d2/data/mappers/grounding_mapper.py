@@ -18,7 +18,7 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks
 
 from ..annotation_checks import MIN_TRAINING_BOX_SIDE
 from ..prompts import (
@@ -40,11 +40,16 @@ from ..prompts import (
 from ..train_loader import STREAM_VISIT_KEY
 from ..transforms import build_glip_augmentation
 
-__all__ = ["GroundingDatasetMapper", "ImageReadError"]
+__all__ = ["BOX_ONLY_ANNOTATIONS", "MASK_FORMATS", "GroundingDatasetMapper", "ImageReadError"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_SPAN_WARNINGS = 20
+
+#: Values of ``MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS`` (the mapper's ``box_only_annotations``).
+BOX_ONLY_ANNOTATIONS = ("skip", "box")
+#: Values of ``INPUT.MASK_FORMAT`` (Detectron2's key; the mapper's ``mask_format``).
+MASK_FORMATS = ("polygon", "bitmask")
 
 
 class ImageReadError(RuntimeError):
@@ -138,6 +143,18 @@ class GroundingDatasetMapper:
       index), ``gt_positive_map`` (N, L) bool, the union of each box's spans' tokens, and
       ``gt_prompt_entry`` (N,) int64, the row of ``positive_map`` the box belongs to (its
       category's row; its phrase's row);
+    * training with masks (``mask_on``, ``MODEL.MASK_ON``), also on ``instances``:
+      ``gt_masks``, one mask per box in the augmented image (``PolygonMasks`` for
+      ``mask_format="polygon"``, ``BitMasks`` (N, H, W) bool for ``"bitmask"``), made by
+      Detectron2's ``transform_instance_annotations`` and ``annotations_to_instances`` (so a
+      flip flips them), and ``gt_mask_valid`` (N,) bool, False where the mask is only a
+      placeholder and must not be trained. A box without ``segmentation`` gets, by
+      ``box_only_annotations``: ``"skip"`` a placeholder (the degenerate polygon
+      ``[x1, y1, x1, y1, x1, y1]`` at its box's corner, which rasterises to no pixel, or an
+      all-zero bitmask) with ``gt_mask_valid`` False; ``"box"`` its box as a filled rectangle
+      (official ``ConvertCocoPolysToMask.get_box_mask``) with ``gt_mask_valid`` True.
+      Polygons work with either format, an RLE needs ``"bitmask"``. An image without boxes
+      gets ``gt_masks`` of length 0 and ``gt_mask_valid`` of shape (0,);
     * training only, ``prompt_concepts``: (K,) int64, the concept of row k
       (:func:`glip_d2.data.prompts.concept_id` of its text: equal for equal normalised text
       across images, datasets and processes), and ``prompt_is_phrase``: (K,) bool, True for
@@ -161,7 +178,9 @@ class GroundingDatasetMapper:
     clipped to the image; boxes at most one pixel wide or high after clipping (the official
     inclusive-pixel rule) are dropped with their spans. A caption span outside the caption
     raises ``ValueError`` naming the annotation; a span that cuts a token is widened to the
-    covering tokens with a warning (``on_bad_span="repair"``) or raises (``"error"``).
+    covering tokens with a warning (``on_bad_span="repair"``) or raises (``"error"``). With
+    ``mask_on``, an RLE segmentation under ``mask_format="polygon"`` or an RLE whose size is not
+    the image's raises ``ValueError`` naming the annotation and image.
     """
 
     @configurable
@@ -186,6 +205,9 @@ class GroundingDatasetMapper:
         mlm_mask_prob: float = 0.15,
         mlm_scope: str = "greenlight",
         mlm_seed: int = 0,
+        mask_on: bool = False,
+        mask_format: str = "polygon",
+        box_only_annotations: str = "skip",
     ):
         """
         Args:
@@ -208,6 +230,13 @@ class GroundingDatasetMapper:
             mlm_scope (str): which tokens are scored, one of
                 :data:`glip_d2.data.prompts.MLM_SCOPES`.
             mlm_seed (int): non-negative seed of the masking (``SEED``; drawn when negative).
+            mask_on (bool): add ``gt_masks`` and ``gt_mask_valid`` to the training instances
+                (``MODEL.MASK_ON``; test outputs are the same either way).
+            mask_format (str): one of :data:`MASK_FORMATS` (``INPUT.MASK_FORMAT``).
+            box_only_annotations (str): one of :data:`BOX_ONLY_ANNOTATIONS`
+                (``MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS``), the mask of an annotation
+                without ``segmentation``: a placeholder with ``gt_mask_valid`` False, or its
+                box.
         """
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
@@ -219,6 +248,16 @@ class GroundingDatasetMapper:
             raise ValueError(f"mlm_mask_prob must be in [0, 1], got {mlm_mask_prob}")
         if isinstance(mlm_seed, bool) or not isinstance(mlm_seed, int) or mlm_seed < 0:
             raise ValueError(f"mlm_seed must be a non-negative int, got {mlm_seed!r}")
+        if box_only_annotations not in BOX_ONLY_ANNOTATIONS:
+            raise ValueError(
+                "MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS (box_only_annotations) must be one of "
+                f"{BOX_ONLY_ANNOTATIONS}, got {box_only_annotations!r}"
+            )
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(
+                f"INPUT.MASK_FORMAT (mask_format) must be one of {MASK_FORMATS}, got "
+                f"{mask_format!r}"
+            )
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
         self.image_format = image_format
@@ -237,6 +276,9 @@ class GroundingDatasetMapper:
         self.mlm_mask_prob = mlm_mask_prob
         self.mlm_scope = mlm_scope
         self.mlm_seed = mlm_seed
+        self.mask_on = bool(mask_on)
+        self.mask_format = mask_format
+        self.box_only_annotations = box_only_annotations
         self._warned_no_visit = False
         self._vocabularies: Dict[str, _Vocabulary] = {}
         self._span_warnings = 0
@@ -273,6 +315,9 @@ class GroundingDatasetMapper:
             "mlm_mask_prob": mlm.MASK_PROB,
             "mlm_scope": mlm.SCOPE,
             "mlm_seed": seed,
+            "mask_on": cfg.MODEL.MASK_ON,
+            "mask_format": cfg.INPUT.MASK_FORMAT,
+            "box_only_annotations": cfg.MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS,
         }
 
     @property
@@ -313,9 +358,13 @@ class GroundingDatasetMapper:
         fields, box_maps, classes = targets.fields, targets.box_maps, targets.classes
         keep = box_maps.any(dim=1)  # boxes with no token in the prompt cannot be supervised
         boxes = boxes[keep.numpy()]
+        with_masks = self.is_train and self.mask_on
+        if with_masks:
+            annos = [a for a, k in zip(annos, keep.tolist()) if k]  # aligned with ``boxes``
+            self._check_segmentations(annos, d, height, width)
 
         aug_input = T.AugInput(image, boxes=boxes)
-        self.augmentations(aug_input)
+        transforms = self.augmentations(aug_input)
         image = aug_input.image
         d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         d.update(fields)
@@ -328,6 +377,10 @@ class GroundingDatasetMapper:
             instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)[keep]
             instances.gt_positive_map = box_maps[keep]
             instances.gt_prompt_entry = torch.as_tensor(targets.rows, dtype=torch.int64)[keep]
+            if with_masks:
+                instances.gt_masks, instances.gt_mask_valid = self._gt_masks(
+                    annos, transforms, image_size, gt_boxes
+                )
             d["instances"] = instances[gt_boxes.nonempty()]
             d["prompt_concepts"] = torch.as_tensor(
                 [concept_id(p) for p in fields["phrases"]], dtype=torch.int64
@@ -422,6 +475,75 @@ class GroundingDatasetMapper:
                     "degenerate after clipping; dropped with its spans"
                 )
         return boxes[keep], [a for a, k in zip(annos, keep) if k]
+
+    # ------------------------------------------------------------------ masks
+
+    def _check_segmentations(
+        self, annos: List[Dict[str, Any]], d: Dict[str, Any], height: int, width: int
+    ) -> None:
+        """Errors Detectron2 would raise without naming the annotation (records that did not
+        come through glip_d2's loaders, which check the rest)."""
+        for a in annos:
+            segm = a.get("segmentation")
+            if not isinstance(segm, dict):
+                continue
+            where = f"Image {d.get('image_id')} ('{d.get('file_name')}'): annotation {a.get('id')}"
+            if self.mask_format == "polygon":
+                raise ValueError(
+                    f"{where} has an RLE segmentation, which INPUT.MASK_FORMAT 'polygon' cannot "
+                    "hold; set INPUT.MASK_FORMAT 'bitmask'"
+                )
+            size = [int(v) for v in segm.get("size", ())]
+            if size != [height, width]:
+                raise ValueError(
+                    f"{where} has an RLE segmentation of size [height, width] = {size}, but the "
+                    f"image is {[height, width]}"
+                )
+
+    def _gt_masks(
+        self,
+        annos: List[Dict[str, Any]],
+        transforms: T.TransformList,
+        image_size: Tuple[int, int],
+        gt_boxes: Boxes,
+    ) -> Tuple[Union[PolygonMasks, BitMasks], torch.Tensor]:
+        """``gt_masks`` and ``gt_mask_valid`` of the boxes (one annotation per box, in order),
+        in the augmented image of size ``image_size``; ``gt_boxes`` are the augmented boxes."""
+        masked, valid = [], []
+        for a, box in zip(annos, gt_boxes.tensor.tolist()):
+            segm = None
+            if a.get("segmentation"):
+                anno = {k: a[k] for k in ("bbox", "bbox_mode", "segmentation")}
+                anno = utils.transform_instance_annotations(anno, transforms, image_size)
+                # A crop may remove every polygon of a box it keeps: nothing left to train.
+                if not isinstance(anno["segmentation"], list) or anno["segmentation"]:
+                    segm = anno["segmentation"]
+            elif self.box_only_annotations == "box":
+                x1, y1, x2, y2 = box
+                segm = [[x1, y1, x2, y1, x2, y2, x1, y2]]
+            valid.append(segm is not None)
+            if segm is None:
+                segm = self._placeholder_mask(box, image_size)
+            # category_id: annotations_to_instances reads one; only its gt_masks are used.
+            masked.append(
+                {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "segmentation": segm, "category_id": 0}
+            )
+        if masked:
+            masks = utils.annotations_to_instances(masked, image_size, self.mask_format).gt_masks
+        elif self.mask_format == "polygon":
+            masks = PolygonMasks([])
+        else:
+            masks = BitMasks(torch.zeros((0, *image_size), dtype=torch.bool))
+        return masks, torch.as_tensor(valid, dtype=torch.bool).reshape(-1)
+
+    def _placeholder_mask(self, box: List[float], image_size: Tuple[int, int]):
+        """The empty mask of a box without one (``gt_mask_valid`` False)."""
+        if self.mask_format == "bitmask":
+            return np.zeros(image_size, dtype=np.uint8)
+        # PolygonMasks needs >= 3 points per instance; these three are the box's corner, so the
+        # mask has zero area and rasterises (crop_and_resize too) to no pixel.
+        x1, y1 = box[:2]
+        return [[x1, y1, x1, y1, x1, y1]]
 
     # ------------------------------------------------------------------ prompts
 
