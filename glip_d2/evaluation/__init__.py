@@ -3,6 +3,7 @@
 from .build import EVALUATOR_TABLE, build_evaluator
 from .flickr_evaluation import FlickrEvaluator
 from .lvis_evaluation import LVISFixedAPEvaluator, LVISStandardEvaluator
+from .referring_segmentation import PhraseCutEvaluator, RefExpSegmentationEvaluator
 from .refexp_evaluation import RefExpEvaluator
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "FlickrEvaluator",
     "LVISFixedAPEvaluator",
     "LVISStandardEvaluator",
+    "PhraseCutEvaluator",
     "RefExpEvaluator",
+    "RefExpSegmentationEvaluator",
     "build_evaluator",
 ]

@@ -1,4 +1,4 @@
-"""LVIS box AP: Detectron2's standard evaluator and GLIP's "Fixed AP" (reference §9).
+"""LVIS box and mask AP: Detectron2's standard evaluator and GLIP's "Fixed AP" (reference §9).
 
 * :class:`LVISStandardEvaluator` is Detectron2's ``LVISEvaluator`` (at most 300 detections per
   image). It keeps only the detections the LVIS API would keep, so chunked LVIS inference
@@ -8,6 +8,11 @@
   (``LvisEvaluatorFixedAP`` in microsoft/GLIP, ``lvis_eval.py``): every detection of every
   prompt chunk is kept, grouped by category, and the top ``topk_per_category`` (10,000) per
   category over the whole dataset go to the LVIS API with no per-image cap.
+
+Both evaluate ``tasks=("bbox", "segm")`` for a mask model (``pred_masks`` pasted into the
+image, as Detectron2's mask head outputs); Fixed AP then ranks and keeps the detections once,
+by score, and scores their boxes and masks. Mask AP needs a ``segmentation`` on every
+ground-truth annotation (LVIS has them); one without is an error naming it.
 
 Both need the ``lvis`` package (``lvis==0.5.3``, imported only when an evaluator is built).
 Its ``eval.py`` still uses ``np.float``, which NumPy 1.24 removed; :func:`lvis_numpy_compat`
@@ -32,6 +37,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.annotation_checks import check_evaluation_ground_truth
+from .referring_segmentation import annotations_without_masks
 
 __all__ = [
     "LVISFixedAPEvaluator",
@@ -107,33 +113,54 @@ def topk_per_category(categories: np.ndarray, scores: np.ndarray, k: int) -> np.
     return np.sort(order[rank < k]).astype(np.int64)
 
 
-def _check_ground_truth(evaluator: LVISEvaluator, dataset_name: str) -> None:
+def _check_ground_truth(evaluator: LVISEvaluator, dataset_name: str, tasks) -> None:
     # The LVIS API scores the json as read: an invalid box is an error naming it (the rule of
-    # glip_d2.data.annotation_checks), never a silently wrong AP.
-    check_evaluation_ground_truth(
-        evaluator._lvis_api.dataset, evaluator._metadata.json_file, dataset_name
-    )
+    # glip_d2.data.annotation_checks), never a silently wrong AP; mask AP needs every mask.
+    json_file = evaluator._metadata.json_file
+    check_evaluation_ground_truth(evaluator._lvis_api.dataset, json_file, dataset_name)
+    if "segm" in tasks:
+        total, missing = annotations_without_masks(evaluator._lvis_api.dataset)
+        if missing:
+            first = ", ".join(f"annotation {a} of image {i}" for a, i in missing[:5])
+            raise ValueError(
+                f"LVIS mask AP of dataset '{dataset_name}' ({json_file}): {len(missing)} of "
+                f"{total} ground-truth annotations have no segmentation (first: {first}); "
+                "evaluate boxes only (tasks=('bbox',), MODEL.MASK_ON False) or add the masks"
+            )
+
+
+def _require_masks(instances, image_id) -> None:
+    if len(instances) and not instances.has("pred_masks"):
+        raise ValueError(
+            f"LVIS mask AP: the predictions of image {image_id} have no pred_masks; a model "
+            "without a mask head is evaluated with tasks=('bbox',) (MODEL.MASK_ON False)"
+        )
 
 
 class LVISStandardEvaluator(LVISEvaluator):
-    """Detectron2's ``LVISEvaluator`` (box AP, ``max_dets_per_image`` per image, 300 by default).
+    """Detectron2's ``LVISEvaluator`` (``max_dets_per_image`` per image, 300 by default).
 
     Each image's detections are cut to the ``max_dets_per_image`` best in :meth:`process`, which
     is exactly what ``lvis.LVISResults`` would do later (stable sort by score, same order kept),
-    so the metrics are unchanged while memory stays bounded. Results: ``{"bbox": {...}}``.
+    so the metrics are unchanged while memory stays bounded. Results: ``{"bbox": {...}}``, and
+    ``{"segm": {...}}`` (mask AP, same keys) with ``tasks=("bbox", "segm")``.
     """
 
-    def __init__(self, dataset_name: str, *args, **kwargs):
-        """Arguments as Detectron2's ``LVISEvaluator``.
+    def __init__(self, dataset_name: str, tasks: Tuple[str, ...] = ("bbox",), *args, **kwargs):
+        """Arguments as Detectron2's ``LVISEvaluator``; ``tasks`` defaults to box AP only.
 
         Raises:
-            ValueError: the ground-truth json has an invalid box (names it).
+            ValueError: the ground-truth json has an invalid box, or (mask AP) an annotation
+                without segmentation; the message names it.
         """
         _require_lvis()
-        super().__init__(dataset_name, *args, **kwargs)
-        _check_ground_truth(self, dataset_name)
+        super().__init__(dataset_name, tuple(tasks), *args, **kwargs)
+        _check_ground_truth(self, dataset_name, self._tasks)
 
     def process(self, inputs, outputs):
+        if "segm" in self._tasks:
+            for input, output in zip(inputs, outputs):
+                _require_masks(output["instances"], input["image_id"])
         max_dets = 300 if self._max_dets_per_image is None else self._max_dets_per_image
         if max_dets >= 0:
             outputs = [self._limit(output, max_dets) for output in outputs]
@@ -159,14 +186,17 @@ class LVISFixedAPEvaluator(LVISEvaluator):
     No per-image cap is applied, here or in the LVIS API (``max_dets=-1``), so the model's
     output (all prompt chunks merged) should not be capped per image either. Detections are
     kept in compact arrays and pruned to the per-category top-k as they arrive, which bounds
-    memory by ``num_categories x topk_per_category`` detections.
+    memory by ``num_categories x topk_per_category`` detections (with masks, each also keeps
+    its compressed RLE).
 
     Boxes go to the LVIS API as ``XYWH_ABS`` with ``w = x2 - x1`` (Detectron2's convention, as
-    the official ``convert_to_xywh``).
+    the official ``convert_to_xywh``). With ``"segm"`` in ``tasks``, each detection's
+    ``pred_masks`` entry is RLE-encoded in :meth:`process`; the same kept detections are scored
+    as boxes and as masks (mask area, as Detectron2's mask AP).
 
     Results: ``{"bbox_fixed_ap": {"AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc",
-    "APf"}}`` in percent. The kept detections are written to
-    ``<output_dir>/lvis_fixed_ap_results.json`` (LVIS result format).
+    "APf"}}`` in percent, and ``{"segm_fixed_ap": {...}}`` (same keys) for ``"segm"``. The kept
+    detections are written to ``<output_dir>/lvis_fixed_ap_results.json`` (LVIS result format).
     """
 
     def __init__(
@@ -175,6 +205,7 @@ class LVISFixedAPEvaluator(LVISEvaluator):
         distributed: bool = True,
         output_dir: Optional[str] = None,
         *,
+        tasks: Tuple[str, ...] = ("bbox",),
         topk_per_category: int = 10000,
         min_buffer: int = 1_000_000,
     ):
@@ -183,24 +214,30 @@ class LVISFixedAPEvaluator(LVISEvaluator):
             dataset_name (str): a registered LVIS-format dataset (metadata ``json_file``).
             distributed (bool): gather the detections of all ranks and evaluate on rank 0.
             output_dir (str, optional): where to write the kept detections.
+            tasks (tuple[str]): ``("bbox",)`` or ``("bbox", "segm")``.
             topk_per_category (int): detections kept per category over the dataset.
             min_buffer (int): detections buffered before the first pruning; pruning then runs
                 whenever the buffer is as large as the kept set (amortised ``O(N log N)``).
 
         Raises:
-            ValueError: the ground-truth json has an invalid box (names it).
+            ValueError: the ground-truth json has an invalid box, or (``"segm"``) an annotation
+                without segmentation; the message names it.
         """
         _require_lvis()
+        tasks = tuple(tasks)
+        if not tasks or set(tasks) - {"bbox", "segm"}:
+            raise ValueError(f"tasks must be ('bbox',) or ('bbox', 'segm'), got {tasks}")
         super().__init__(
             dataset_name,
-            tasks=("bbox",),
+            tasks=tasks,
             distributed=distributed,
             output_dir=output_dir,
             max_dets_per_image=-1,
         )
-        _check_ground_truth(self, dataset_name)
+        _check_ground_truth(self, dataset_name, tasks)
         if topk_per_category <= 0:
             raise ValueError(f"topk_per_category must be positive, got {topk_per_category}")
+        self._with_masks = "segm" in tasks
         self._topk = int(topk_per_category)
         self._min_buffer = int(min_buffer)
         self._lut: Optional[np.ndarray] = None
@@ -211,20 +248,21 @@ class LVISFixedAPEvaluator(LVISEvaluator):
         self._buffered = 0
         self._num_images = 0
 
-    @staticmethod
-    def _empty() -> Dict[str, np.ndarray]:
-        return {
+    def _empty(self) -> Dict[str, np.ndarray]:
+        empty = {
             "image_id": np.zeros((0,), dtype=np.int64),
             "category_id": np.zeros((0,), dtype=np.int64),
             "score": np.zeros((0,), dtype=np.float32),
             "bbox": np.zeros((0, 4), dtype=np.float32),
         }
+        if self._with_masks:
+            empty["segmentation"] = np.zeros((0,), dtype=object)
+        return empty
 
-    @staticmethod
-    def _concat(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    def _concat(self, parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
         parts = [p for p in parts if len(p["score"])]
         if not parts:
-            return LVISFixedAPEvaluator._empty()
+            return self._empty()
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
     def _prune(self, dets: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -244,6 +282,18 @@ class LVISFixedAPEvaluator(LVISEvaluator):
             raise ValueError(f"Classes {sorted(set(classes[ids < 0].tolist()))} have no LVIS id")
         return ids
 
+    @staticmethod
+    def _encode_masks(masks: torch.Tensor) -> np.ndarray:
+        from pycocotools import mask as mask_util
+
+        # (N, H, W) -> N compressed RLEs, counts as str (json-ready), as instances_to_coco_json.
+        rles = mask_util.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8)))
+        out = np.empty((len(rles),), dtype=object)
+        for i, rle in enumerate(rles):
+            rle["counts"] = rle["counts"].decode("utf-8")
+            out[i] = rle
+        return out
+
     def process(self, inputs, outputs):
         for input, output in zip(inputs, outputs):
             self._num_images += 1
@@ -251,16 +301,18 @@ class LVISFixedAPEvaluator(LVISEvaluator):
             if len(instances) == 0:
                 continue
             boxes = instances.pred_boxes.tensor.numpy()
-            self._buffer.append(
-                {
-                    "image_id": np.full((len(instances),), input["image_id"], dtype=np.int64),
-                    "category_id": self._category_ids(instances.pred_classes.numpy()),
-                    "score": instances.scores.numpy().astype(np.float32),
-                    "bbox": BoxMode.convert(boxes, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS).astype(
-                        np.float32
-                    ),
-                }
-            )
+            dets = {
+                "image_id": np.full((len(instances),), input["image_id"], dtype=np.int64),
+                "category_id": self._category_ids(instances.pred_classes.numpy()),
+                "score": instances.scores.numpy().astype(np.float32),
+                "bbox": BoxMode.convert(boxes, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS).astype(
+                    np.float32
+                ),
+            }
+            if self._with_masks:
+                _require_masks(instances, input["image_id"])
+                dets["segmentation"] = self._encode_masks(instances.pred_masks)
+            self._buffer.append(dets)
             self._buffered += len(instances)
         if self._buffered >= max(self._min_buffer, len(self._kept["score"])):
             self._kept = self._prune(self._concat([self._kept, *self._buffer]))
@@ -297,6 +349,9 @@ class LVISFixedAPEvaluator(LVISEvaluator):
                 dets["image_id"], dets["category_id"], dets["bbox"], dets["score"].tolist()
             )
         ]
+        if self._with_masks:
+            for result, rle in zip(results, dets["segmentation"]):
+                result["segmentation"] = rle
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
             path = os.path.join(self._output_dir, "lvis_fixed_ap_results.json")
@@ -306,14 +361,15 @@ class LVISFixedAPEvaluator(LVISEvaluator):
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return {}
-        self._logger.info("Evaluating Fixed AP (max_dets=-1) ...")
-        with lvis_numpy_compat():
-            metrics = _evaluate_predictions_on_lvis(
-                self._lvis_api,
-                results,
-                "bbox",
-                max_dets_per_image=-1,
-                class_names=self._metadata.get("thing_classes"),
-            )
-        self._results = OrderedDict(bbox_fixed_ap=metrics)
+        self._results = OrderedDict()
+        for task in self._tasks:
+            self._logger.info(f"Evaluating {task} Fixed AP (max_dets=-1) ...")
+            with lvis_numpy_compat():
+                self._results[f"{task}_fixed_ap"] = _evaluate_predictions_on_lvis(
+                    self._lvis_api,
+                    results,
+                    task,
+                    max_dets_per_image=-1,
+                    class_names=self._metadata.get("thing_classes"),
+                )
         return copy.deepcopy(self._results)

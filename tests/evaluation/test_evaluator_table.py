@@ -10,7 +10,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from glip_d2.evaluation import (
     EVALUATOR_TABLE,
     FlickrEvaluator,
+    PhraseCutEvaluator,
     RefExpEvaluator,
+    RefExpSegmentationEvaluator,
     build_evaluator,
 )
 
@@ -19,11 +21,18 @@ TOOL = Path(__file__).resolve().parents[2] / "tools" / "eval_odinw.py"
 
 def test_table_has_every_benchmark():
     assert {"coco", "odinw", "lvis", "flickr30k", "refcoco", "grounding"} <= set(EVALUATOR_TABLE)
+    assert {"phrasecut", "refcoco_seg"} <= set(EVALUATOR_TABLE)
 
 
 @pytest.mark.parametrize(
     "kind,cls",
-    [("flickr30k", FlickrEvaluator), ("grounding", FlickrEvaluator), ("refcoco", RefExpEvaluator)],
+    [
+        ("flickr30k", FlickrEvaluator),
+        ("grounding", FlickrEvaluator),
+        ("refcoco", RefExpEvaluator),
+        ("phrasecut", PhraseCutEvaluator),
+        ("refcoco_seg", RefExpSegmentationEvaluator),
+    ],
 )
 def test_grounding_types_build(kind, cls, register_records, tmp_path):
     name = register_records([], evaluator_type=kind)
@@ -37,6 +46,20 @@ def test_builtin_grounding_datasets_use_the_table():
     assert MetadataCatalog.get("flickr30k_separate_test").evaluator_type == "flickr30k"
     assert MetadataCatalog.get("refcocog_umd_test").evaluator_type == "refcoco"
     assert MetadataCatalog.get("lvis_grounding_v1_minival").evaluator_type == "lvis"
+    for split in ("train", "val", "miniv", "test"):
+        meta = MetadataCatalog.get(f"phrasecut_mdetr_{split}")
+        assert meta.evaluator_type == "phrasecut"
+        assert meta.json_file.endswith(f"mdetr_annotations/finetune_phrasecut_{split}.json")
+    # The RefCOCO mask splits read the same MDETR json as the box splits, plus COCO's masks.
+    for box_name, seg_name in (
+        ("refcoco_unc_testA", "refcoco_seg_unc_testA"),
+        ("refcocoplus_unc_val", "refcocoplus_seg_unc_val"),
+        ("refcocog_umd_test", "refcocog_seg_umd_test"),
+    ):
+        seg = MetadataCatalog.get(seg_name)
+        assert seg.evaluator_type == "refcoco_seg"
+        assert seg.json_file == MetadataCatalog.get(box_name).json_file
+        assert seg.mask_json_file.endswith("coco/annotations/instances_train2014.json")
 
 
 def _load_tool():

@@ -69,6 +69,25 @@ _REFCOCO: Dict[str, Tuple[str, str]] = {
         for s in ("train", "val", "test")
     },
 }
+# RefCOCO/+/g referring segmentation: the evaluation splits of _REFCOCO, same MDETR json and
+# images. MDETR's jsons carry no masks (its conversion leaves "segmentation" out), so the
+# evaluator takes each expression's mask from the COCO annotation it was made from.
+_REFCOCO_SEG: Dict[str, Tuple[str, str]] = {
+    name.replace("_unc_", "_seg_unc_").replace("_umd_", "_seg_umd_"): paths
+    for name, paths in _REFCOCO.items()
+    if not name.endswith("_train")
+}
+_REFCOCO_MASKS = "coco/annotations/instances_train2014.json"
+# PhraseCut in MDETR's format (scripts/fine-tuning/phrasecut_coco_format.py): one image entry
+# per phrase, its instances with box and polygon. Visual Genome images, "<vg id>.jpg". miniv is
+# MDETR's validation subset.
+_PHRASECUT: Dict[str, Tuple[str, str]] = {
+    f"phrasecut_mdetr_{split}": (
+        "gqa/images",
+        f"mdetr_annotations/finetune_phrasecut_{split}.json",
+    )
+    for split in ("train", "val", "miniv", "test")
+}
 # GoldG "mixed" (GQA + VG referring data of MDETR, without COCO images): one folder per source.
 _MIXED_JSON = "mdetr_annotations/final_mixed_train_no_coco.json"
 _MIXED_ROOTS = {"coco": "coco/train2014", "vg": "gqa/images"}
@@ -113,6 +132,23 @@ def register_all_glip_datasets(root: str) -> None:
         register_mdetr_grounding(
             name,
             {"evaluator_type": "refcoco"},
+            os.path.join(root, json_file),
+            os.path.join(root, image_dir),
+        )
+    for name, (image_dir, json_file) in _REFCOCO_SEG.items():
+        register_mdetr_grounding(
+            name,
+            {
+                "evaluator_type": "refcoco_seg",
+                "mask_json_file": os.path.join(root, _REFCOCO_MASKS),
+            },
+            os.path.join(root, json_file),
+            os.path.join(root, image_dir),
+        )
+    for name, (image_dir, json_file) in _PHRASECUT.items():
+        register_mdetr_grounding(
+            name,
+            {"evaluator_type": "phrasecut"},
             os.path.join(root, json_file),
             os.path.join(root, image_dir),
         )
