@@ -163,13 +163,15 @@ def add_glip_config(cfg: CN) -> None:
     _C.MODEL.ROI_MASK_HEAD.NUM_HOURGLASS = 1
     _C.MODEL.ROI_MASK_HEAD.HG_SCALE = 1
     _C.MODEL.ROI_MASK_HEAD.NORM = ""  # "" (official default) or "GN" (inside low2/low3 only)
-    # Training ROIs. "atss+gt": the ATSS detections of the training pass (score threshold 0,
-    # PRE_NMS_TOP_N_TRAIN per level, NMS ATSS.NMS_TH, POST_NMS_TOP_N_TRAIN kept) plus every GT
-    # box (official); the Hourglass runs on all of them (~300-1000 ROIs per image at
-    # 14x14x256: about 0.2 MB of activations per ROI and block, so ~1 GB per image at the
-    # official 1000), of which only those matching a GT at IoU >= MATCH_IOU get loss.
-    # "gt": the GT boxes only (a few ROIs per image: far less memory and time; the mask head
-    # never sees an imprecise box in training).
+    # Training ROIs. "atss+gt" (official): the ATSS detections of the training pass (score
+    # threshold 0, PRE_NMS_TOP_N_TRAIN per level, NMS ATSS.NMS_TH, POST_NMS_TOP_N_TRAIN kept)
+    # plus every GT box. Only ROIs matching a GT at IoU >= MATCH_IOU get loss. The official head
+    # runs every ROI through the Hourglass and all 256 token maps: about 3 MB of activations
+    # per ROI at width 256, about 3 GB per image at its 1000 ROIs. Here only the scored ROIs
+    # are computed (each ROI's output depends on that ROI alone: the same loss and gradients),
+    # so memory grows with the matched ROIs, typically tens per GT box.
+    # "gt": the GT boxes only, one ROI per box: the least memory and time, but the head never
+    # trains on the imprecise boxes it will see at test time.
     _C.MODEL.ROI_MASK_HEAD.TRAIN_PROPOSALS = "atss+gt"
     _C.MODEL.ROI_MASK_HEAD.PRE_NMS_TOP_N_TRAIN = 3000
     _C.MODEL.ROI_MASK_HEAD.POST_NMS_TOP_N_TRAIN = 1000
