@@ -71,7 +71,6 @@ def test_parameter_inventory_is_the_official_one():
     assert [c.dilation for c in (res.conv1, res.conv2, res.conv3)] == [(1, 1), (3, 3), (1, 1)]
     assert [c.padding for c in (res.conv1, res.conv2, res.conv3)] == [(1, 1), (3, 3), (1, 1)]
     # 14x14 ROIs -> 28x28 logits
-    feats = [torch.randn(1, 256, 64 // s, 64 // s) for s in (1, 2, 4, 8, 8)]
     feats = [torch.randn(1, 256, 16, 16)] + [torch.randn(1, 256, n, n) for n in (8, 4, 2, 1)]
     out = head(
         feats,
