@@ -15,9 +15,10 @@ caption) or, by default, its noun phrases found by spaCy (``INPUT.PROMPT.SPACY_M
 Writes to ``--output``:
 
 * one picture per image (``<name>.png``) and one video per input video (``<name>.mp4``), the
-  boxes drawn by Detectron2's ``Visualizer``. Each object gets one label, its best-scoring
-  phrase and score: a detection whose box overlaps a better one with IoU above
-  ``--draw-iou-threshold`` (default 0.6, any phrase) is not drawn (1 draws every detection).
+  boxes (and, for a mask model, ``MODEL.MASK_ON``, their masks) drawn by Detectron2's
+  ``Visualizer``. Each object gets one label, its best-scoring phrase and score: a detection
+  whose box overlaps a better one with IoU above ``--draw-iou-threshold`` (default 0.6, any
+  phrase) is not drawn, nor is its mask (1 draws every detection).
   Images whose shorter side is under 600 pixels are drawn larger, so labels stay readable.
   ``<name>`` is the input's file stem; inputs that share a stem are named by their path below
   their common folder (``a/x.png``, ``b/x.png`` -> ``a_x.png``, ``b_x.png``), and a name that
@@ -26,7 +27,19 @@ Writes to ``--output``:
   (not only the drawn ones): ``images`` (file name, size, ``picture``: the written picture or
   video; for video frames also ``video`` and ``frame_index``), ``categories`` (id = 1 + index
   into the categories or phrases, name) and ``annotations`` (xywh ``bbox`` in original
-  pixels, ``score``, ``category_id``). It loads with ``pycocotools.coco.COCO``.
+  pixels, ``score``, ``category_id``). It loads with ``pycocotools.coco.COCO``. A mask model's
+  annotations also have a ``segmentation``: the mask as COCO RLE (``size`` [H, W], ``counts``
+  a str; ``pycocotools.mask.decode`` gives it back), and their ``area`` is the mask's pixel
+  count (the box area without masks). To score them with ``COCOeval(gt, gt.loadRes(anns),
+  "segm")``, map ``image_id`` and ``category_id`` to the ground truth's ids and drop ``bbox``
+  from ``anns`` first, as Detectron2's ``COCOEvaluator`` does: ``loadRes`` otherwise takes
+  the box area for the small/medium/large ranges.
+
+Images get the evaluation's test-time pre-processing (``GLIPResize`` to ``INPUT.MIN_SIZE_TEST``
+/ ``MAX_SIZE_TEST``, one image per batch with the default ``--batch-size 1``) and
+``--categories`` the evaluation's prompt rule, so a dataset's images with its category names in
+order (no prompt overrides) and ``--confidence-threshold 0`` give the detections the evaluator
+scores (for PNG; OpenCV and PIL may decode a JPEG a grey level apart).
 
 An input that cannot be read (a corrupt image, a video without a readable frame) is skipped
 with a warning naming it; everything else is still written, the last log line counts the
@@ -47,6 +60,7 @@ import numpy as np
 import torch
 from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
+from pycocotools import mask as mask_util
 
 from glip_d2.config import add_glip_config
 from glip_d2.engine import GLIPPredictor
@@ -163,8 +177,16 @@ def batched(items, size: int):
         yield batch
 
 
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """COCO RLE of one (H, W) bool mask, json-ready: ``{"size": [H, W], "counts": str}``
+    (pycocotools encodes the Fortran-ordered uint8 mask; ``counts`` bytes decoded to str)."""
+    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
 class DetectionWriter:
-    """Collects detections as a COCO-format json."""
+    """Collects detections as a COCO-format json (with RLE ``segmentation`` for masks)."""
 
     def __init__(self, names: List[str]):
         self.images: List[dict] = []
@@ -172,24 +194,35 @@ class DetectionWriter:
         self.categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
 
     def add(self, image_info: dict, instances) -> None:
+        """Add one image (``image_info``: file name, size, ...) and its detections
+        (``Instances`` on the CPU in the image's pixels, optionally with ``pred_masks``)."""
         image_id = len(self.images) + 1
         self.images.append({"id": image_id, **image_info})
         boxes = instances.pred_boxes.tensor.tolist()
-        for box, score, cls in zip(
-            boxes, instances.scores.tolist(), instances.pred_classes.tolist()
+        masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
+        size = [image_info["height"], image_info["width"]]
+        if masks is not None and list(masks.shape[1:]) != size:
+            raise ValueError(
+                f"pred_masks of {image_info['file_name']} are {masks.shape[1]}x{masks.shape[2]} "
+                f"(HxW), not the image's {size[0]}x{size[1]}"
+            )
+        for k, (box, score, cls) in enumerate(
+            zip(boxes, instances.scores.tolist(), instances.pred_classes.tolist())
         ):
             x1, y1, x2, y2 = box
-            self.annotations.append(
-                {
-                    "id": len(self.annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(cls) + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "score": score,
-                    "iscrowd": 0,
-                }
-            )
+            ann = {
+                "id": len(self.annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(cls) + 1,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1),
+                "score": score,
+                "iscrowd": 0,
+            }
+            if masks is not None:
+                ann["segmentation"] = mask_to_rle(masks[k])
+                ann["area"] = int(masks[k].sum())
+            self.annotations.append(ann)
 
     def write(self, path: str) -> None:
         with open(path, "w") as f:

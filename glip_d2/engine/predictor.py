@@ -34,11 +34,21 @@ class GLIPPredictor:
     ``MAX_QUERY_LEN`` tokens (or ``INPUT.PROMPT.CHUNK_SIZE`` categories) is split into prompts;
     the backbone still runs once.
 
+    With a mask head (``MODEL.MASK_ON``, GLIPv2) every detection also gets a mask,
+    ``pred_masks``, for category lists, chunked vocabularies and captions alike: the mask of
+    detection ``i`` belongs to box ``i`` and to its phrase ``pred_phrases[i]``. The predictor
+    returns the model's detections as they are: no score threshold, NMS or top-k of its own
+    (the model's official post-processing, per-phrase NMS and the ``TEST.DETECTIONS_PER_IMAGE``
+    cap per prompt chunk, selects the boxes before their masks are computed). Filter the
+    result as ``Instances`` (``inst[inst.scores > 0.5]``) to keep boxes, masks and phrases
+    aligned.
+
     Example::
 
         predictor = GLIPPredictor(cfg)
         out = predictor(cv2.imread("street.jpg"), ["person", "bicycle", "stop sign"])
         out["instances"].pred_phrases  # the category each box grounds
+        out["instances"].pred_masks  # with MODEL.MASK_ON: (N, H, W) bool, in the image
     """
 
     def __init__(self, cfg: CfgNode):
@@ -162,9 +172,12 @@ class GLIPPredictor:
                 default: its noun phrases (spaCy).
 
         Returns:
-            dict: ``{"instances": Instances}`` in original-image pixels with ``pred_boxes``,
-            ``scores``, ``pred_classes`` (index into the categories or phrases) and
-            ``pred_phrases``.
+            dict: ``{"instances": Instances}`` in original-image pixels (``image_size`` =
+            ``(H, W)`` of ``image_bgr``) with ``pred_boxes`` (XYXY_ABS), ``scores``,
+            ``pred_classes`` (index into the categories or phrases), ``pred_phrases`` and, when
+            the model has a mask head (``MODEL.MASK_ON``), ``pred_masks``: (N, H, W) bool,
+            each detection's mask already pasted into the original image at its box (as
+            Detectron2's Mask R-CNN output), in the order of the boxes.
         """
         return self.predict_batch([image_bgr], prompt, phrase_spans)[0]
 

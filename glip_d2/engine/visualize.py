@@ -1,5 +1,6 @@
 """Draw predictions with Detectron2's Visualizer: one label (grounded phrase and score) per
-object, small images drawn larger so that the text stays readable."""
+object, its mask when the model predicts masks, small images drawn larger so that the text
+stays readable."""
 
 from __future__ import annotations
 
@@ -85,9 +86,14 @@ def draw_instances(
 ) -> np.ndarray:
     """A picture of ``instances`` above ``score_thresh``, one label per object.
 
+    With ``pred_masks`` (a mask model's output) each drawn detection's mask is filled in its
+    box's colour, as Detectron2's ``draw_instance_predictions`` draws Mask R-CNN output; the
+    masks follow the same selection as the boxes (a detection that is not drawn has neither).
+
     Args:
         image_rgb (np.ndarray): (H, W, 3) uint8 RGB.
-        instances (Instances): detections in the image's pixels (XYXY_ABS boxes).
+        instances (Instances): detections in the image's pixels (XYXY_ABS boxes), optionally
+            with ``pred_masks`` (N, H, W) bool, pasted into the image.
         score_thresh (float): detections below it are not drawn.
         iou_threshold (float): see ``select_labels_for_drawing``.
         min_side (int): see ``picture_scale``.
@@ -95,10 +101,22 @@ def draw_instances(
     Returns:
         np.ndarray: (H * s, W * s, 3) uint8 RGB, ``s = picture_scale(H, W, min_side)``;
         each phrase has its own colour.
+
+    Raises:
+        ValueError: ``pred_masks`` are not (N, H, W) for the image's H and W.
     """
     instances = instances.to("cpu")
     instances = instances[instances.scores >= score_thresh]
     instances = instances[select_labels_for_drawing(instances, iou_threshold)]
+    masks = None
+    if instances.has("pred_masks"):
+        masks = instances.pred_masks.numpy()
+        if masks.shape[1:] != image_rgb.shape[:2]:
+            raise ValueError(
+                f"pred_masks are {masks.shape[1]}x{masks.shape[2]} (HxW) but the image is "
+                f"{image_rgb.shape[0]}x{image_rgb.shape[1]}: masks must be pasted into the "
+                "image the boxes refer to"
+            )
     scale = picture_scale(image_rgb.shape[0], image_rgb.shape[1], min_side)
     vis = Visualizer(image_rgb, metadata=None, scale=scale)
     palette = colormap(rgb=True, maximum=1)
@@ -106,6 +124,7 @@ def draw_instances(
     out = vis.overlay_instances(
         boxes=instances.pred_boxes.tensor.numpy(),
         labels=instance_labels(instances),
+        masks=masks,
         assigned_colors=colors,
     )
     return out.get_image()
@@ -119,7 +138,8 @@ def visualize_dataset_predictions(
     score_thresh: float,
 ) -> List[str]:
     """Run ``model`` on the first ``num_images`` of a test loader and save pictures
-    (``draw_instances``: one label per object, small images enlarged).
+    (``draw_instances``: one label per object, masks when the model predicts ``pred_masks``,
+    small images enlarged).
 
     Returns:
         list[str]: the written PNG paths.

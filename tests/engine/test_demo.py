@@ -143,6 +143,10 @@ def test_demo_images_globs_folders_and_video_with_categories(weights, predictor,
     assert (out / "single.png").is_file() and (out / "img2.png").is_file()
     assert (out / "clip.mp4").is_file()
     assert result["annotations"], "the tiny model with a positive bias should detect something"
+    # A box-only model (MODEL.MASK_ON False): no segmentation, the area is the box's.
+    for ann in result["annotations"]:
+        assert "segmentation" not in ann
+        assert ann["area"] == pytest.approx(ann["bbox"][2] * ann["bbox"][3])
 
     # Every image's detections are the predictor's, in original pixels.
     capture = cv2.VideoCapture(str(video))
@@ -153,6 +157,7 @@ def test_demo_images_globs_folders_and_video_with_categories(weights, predictor,
         else:
             image = cv2.imread(image_info["file_name"])
         inst = predictor(image, categories)["instances"]
+        assert not inst.has("pred_masks")
         _assert_same(coco.imgToAnns[image_info["id"]], inst)
     # A 120 x 150 image is drawn 5x larger (shorter side 600 px) so its labels are readable.
     assert cv2.imread(str(out / "single.png")).shape == (600, 750, 3)

@@ -85,6 +85,7 @@ def test_detections_match_official_in_original_pixels(predictor, fixture_data):
         assert hit, f"official detection {rb.tolist()} ({names[rl - 1]}) not found"
         unused.remove(hit[0])
     assert list(inst.pred_phrases) == [names[c] for c in inst.pred_classes.tolist()]
+    assert not inst.has("pred_masks")  # GLIP (no mask head): boxes only
 
 
 def test_caption_with_phrase_spans(predictor, fixture_data):

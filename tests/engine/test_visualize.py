@@ -1,12 +1,20 @@
-"""Pictures: one label per object (the best-scoring one) and small images drawn larger."""
+"""Pictures: one label per object (the best-scoring one), masks of mask models, and small
+images drawn larger."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
+from PIL import Image
 
 from glip_d2.engine import visualize
-from glip_d2.engine.visualize import draw_instances, picture_scale, select_labels_for_drawing
+from glip_d2.engine.visualize import (
+    draw_instances,
+    picture_scale,
+    select_labels_for_drawing,
+    visualize_dataset_predictions,
+)
 from glip_d2.utils.phrases import PhraseList
 
 PHRASES = ["green circle", "green square", "red square", "blue circle"]
@@ -73,3 +81,92 @@ def test_small_images_are_drawn_larger_large_ones_unchanged():
     # A thin strip is not blown up past the longest-side limit.
     assert picture_scale(10, 1200) == 2.0
     assert picture_scale(1, 1) == 600.0
+
+
+def _triangle(size=(120, 150), corners=((20, 20), (20, 100), (90, 100))):
+    mask = np.zeros(size, np.uint8)
+    cv2.fillPoly(mask, [np.array(corners, np.int32)], 1)
+    return mask.astype(bool)
+
+
+def _with_masks(inst, masks):
+    inst.pred_masks = torch.from_numpy(np.stack(masks))
+    return inst
+
+
+def _band(mask, pixels):
+    """(inside: the mask shrunk by ``pixels``, outside: beyond ``pixels`` from the mask)."""
+    kernel = np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)
+    inside = cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
+    outside = ~cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+    return inside, outside
+
+
+def test_masks_are_drawn_in_their_region_only():
+    image = np.full((120, 150, 3), 200, np.uint8)
+    rows = [(10, 10, 100, 110, 0.9, 0)]
+    mask = _triangle()
+    # Scale 1 (min_side=1), so that picture pixels are image pixels.
+    boxes_only = draw_instances(image, _instances(rows), min_side=1)
+    with_mask = draw_instances(image, _with_masks(_instances(rows), [mask]), min_side=1)
+    differs = (boxes_only != with_mask).any(axis=2)
+    inside, outside = _band(mask, 3)
+    assert differs[inside].mean() > 0.95  # the mask is filled...
+    assert not differs[outside].any()  # ...and nothing else changes (box, label)
+
+
+def test_a_detection_that_is_not_drawn_has_no_mask_drawn(monkeypatch):
+    """Two phrases on one box: only the better one is drawn, with its own mask."""
+    image = np.full((120, 150, 3), 200, np.uint8)
+    rows = [(10, 10, 140, 110, 0.3, 1), (10, 10, 140, 110, 0.8, 2)]
+    left, right = np.zeros((120, 150), bool), np.zeros((120, 150), bool)
+    left[20:100, 15:60], right[20:100, 90:135] = True, True
+    drawn = {}
+
+    class SpyVisualizer(visualize.Visualizer):
+        def overlay_instances(self, **kwargs):
+            drawn.update(kwargs)
+            return super().overlay_instances(**kwargs)
+
+    monkeypatch.setattr(visualize, "Visualizer", SpyVisualizer)
+    boxes_only = draw_instances(image, _instances(rows), min_side=1)
+    with_masks = draw_instances(image, _with_masks(_instances(rows), [left, right]), min_side=1)
+    assert drawn["labels"] == ["red square 0.80"]
+    np.testing.assert_array_equal(drawn["masks"], right[None])
+    differs = (boxes_only != with_masks).any(axis=2)
+    inside_right, outside_right = _band(right, 3)
+    inside_left, _ = _band(left, 3)
+    assert differs[inside_right].mean() > 0.95
+    assert not differs[outside_right].any() and not differs[inside_left].any()
+
+
+def test_masks_of_another_size_than_the_image_are_an_error():
+    inst = _with_masks(_instances(ROWS[:1]), [np.ones((60, 75), bool)])
+    with pytest.raises(ValueError, match="pred_masks are 60x75 .* image is 120x150"):
+        draw_instances(np.full((120, 150, 3), 200, np.uint8), inst)
+
+
+def test_test_time_pictures_draw_the_models_masks(tmp_path):
+    """TEST.VISUALIZE pictures (visualize_dataset_predictions) of a mask model show masks."""
+    image = np.full((120, 150, 3), 200, np.uint8)
+    path = tmp_path / "shape.png"
+    Image.fromarray(image).save(path)
+    rows = [(10, 10, 100, 110, 0.9, 0)]
+
+    class MaskModel(torch.nn.Module):
+        def forward(self, inputs):
+            return [{"instances": _with_masks(_instances(rows), [_triangle()])} for _ in inputs]
+
+    (written,) = visualize_dataset_predictions(
+        MaskModel(), [[{"file_name": str(path)}]], str(tmp_path / "vis"), 1, 0.5
+    )
+    picture = np.asarray(Image.open(written).convert("RGB"))
+    np.testing.assert_array_equal(
+        picture, draw_instances(image, _with_masks(_instances(rows), [_triangle()]), 0.5)
+    )
+    differs = (picture != draw_instances(image, _instances(rows), 0.5)).any(axis=2)
+    # The picture is drawn 5x larger: the changed pixels are the (scaled) triangle's.
+    ys, xs = np.nonzero(differs)
+    assert differs.mean() > 0.1
+    assert xs.min() >= 5 * 20 - 10 and xs.max() <= 5 * 90 + 10
+    assert ys.min() >= 5 * 20 - 10 and ys.max() <= 5 * 100 + 10
