@@ -72,9 +72,12 @@ def add_glip_config(cfg: CN) -> None:
     _C.MODEL.FUSION.DOT_PRODUCT_FEATURES = "fused"
     # Run the fusion blocks under torch.utils.checkpoint in training (memory only).
     _C.MODEL.FUSION.USE_CHECKPOINT = False
-    # Attention kernel of the fusion's bidirectional attention, by name (see
-    # glip_d2.modeling.fusion.FUSION_ATTENTION_IMPLS): "eager" = the official arithmetic.
-    _C.MODEL.FUSION.ATTENTION_IMPL = "eager"
+    # Implementation of the fusion's bidirectional attention, by name (see
+    # glip_d2.modeling.fusion.FUSION_ATTENTION_IMPLS). "reassociated" (default): the official
+    # arithmetic with the products reassociated so that no (positions x 2048) tensor is built,
+    # the same numbers up to float rounding in 2.3x fewer multiplications at GLIP-T size;
+    # "reference" (alias "eager"): the straightforward official order of operations.
+    _C.MODEL.FUSION.ATTENTION_IMPL = "reassociated"
 
     # ---------------------------------------------------------------- GLIPv2 pre-training losses
     # (GLIPv2 reference §3). Each term is off at weight 0 and then adds no parameter.

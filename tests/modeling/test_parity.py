@@ -28,9 +28,11 @@ def _load(name):
     return torch.load(FIXTURE / name, map_location="cpu", weights_only=False)
 
 
-@pytest.fixture(scope="module")
-def parity(parity_cfg):
+@pytest.fixture(scope="module", params=["reassociated", "reference"])
+def parity(parity_cfg, request):
+    """The fixture model on the default (fast) fusion attention and on the reference one."""
     cfg = parity_cfg.clone()
+    cfg.MODEL.FUSION.ATTENTION_IMPL = request.param
     cfg.freeze()
     torch.manual_seed(0)
     model = build_model(cfg)

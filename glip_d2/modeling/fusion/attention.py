@@ -97,3 +97,81 @@ def eager_bi_attention(
         return out_v, None
     attn_l = F.dropout(attn_l, p=dropout, training=training)
     return out_v, torch.bmm(attn_l, value_v)
+
+
+def module_level(fn):
+    """Mark an implementation that replaces the whole ``BiMultiHeadAttention`` computation:
+    it is called as ``fn(attention_module, visual (B, N, C), lang (B, L, D), attention_mask_l)
+    -> (delta_v, delta_l)`` with the module's own parameters, instead of on projected,
+    head-split tensors."""
+    fn.module_level = True
+    return fn
+
+
+@register_fusion_attention("reassociated")
+@module_level
+def reassociated_bi_attention(module, visual, lang, attention_mask_l):
+    """The official arithmetic with the matrix products reassociated (GLIP reference §5.1):
+    nothing of size (image positions x embed_dim) is built.
+
+    Per head h, with ``W_q, W_vv, W_o`` the head's slices of ``v_proj``, ``values_v_proj`` and
+    ``out_v_proj``:
+
+    * logits: ``s (v W_q^T + b_q) k^T = v (s W_q^T k^T) + s b_q k^T`` (a (C, L) matrix per head);
+    * text branch: ``P_l (v W_vv^T + b_vv) = (P_l v) W_vv^T + rowsum(P_l) b_vv``;
+    * image branch: ``out_v_proj`` of the merged heads ``= sum_h P_v,h (values_l,h W_o,h^T) +
+      b_o``.
+
+    The logits are the same numbers (up to float rounding), so the clamps, the text branch's
+    max-subtraction and the padding bias act exactly as in :func:`eager_bi_attention`. Work
+    per image position drops from ``3 C E + 3 E L`` to ``3 C h L`` multiply-adds (E = embed
+    width, h heads, L tokens): with GLIP-T's C = 256, E = 2048, h = 8 and ~200 tokens, 2.3x
+    fewer. Dropout (training only) draws its masks in a different layout than the eager
+    kernel, so training with attention dropout is statistically, not bitwise, the same.
+    """
+    bsz, n, c = visual.shape
+    num_tok = lang.shape[1]
+    h, d = module.num_heads, module.head_dim
+    key = module.l_proj(lang).view(bsz, num_tok, h, d).permute(0, 2, 3, 1)  # (B, h, d, L)
+    w_q = module.v_proj.weight.view(h, d, c).transpose(1, 2)  # (h, C, d)
+    proj = torch.matmul(w_q, key) * module.scale  # (B, h, C, L)
+    bias = torch.matmul(module.v_proj.bias.view(h, 1, d), key) * module.scale  # (B, h, 1, L)
+    proj = proj.permute(0, 2, 1, 3).reshape(bsz, c, h * num_tok)
+    # (B, N, h*L): position-major, then head, then token.
+    attn = torch.baddbmm(bias.reshape(bsz, 1, h * num_tok), visual, proj)
+    attn = attn.clamp(min=-CLAMP, max=CLAMP).view(bsz, n, h, num_tok)
+
+    attn_l = None
+    if module.update_lang:
+        # Softmax over the image positions, per (head, token): dim 1 here.
+        attn_l = attn - attn.max(dim=1, keepdim=True)[0]
+        attn_l = attn_l.clamp(min=-CLAMP, max=CLAMP).softmax(dim=1)
+    if attention_mask_l is not None:
+        if attention_mask_l.dim() != 2:
+            raise ValueError("attention_mask_l must be (B, L)")
+        mask_bias = attention_mask_l.to(torch.float32)
+        mask_bias = mask_bias.masked_fill(attention_mask_l == 0, MASK_NEG).to(attn.dtype)
+        attn = attn + mask_bias[:, None, None, :]
+    attn_v = F.dropout(attn.softmax(dim=-1), p=module.dropout, training=module.training)
+
+    values_l = module.values_l_proj(lang).view(bsz, num_tok, h, d).transpose(1, 2)  # (B,h,L,d)
+    w_o = module.out_v_proj.weight.view(c, h, d).permute(1, 2, 0)  # (h, d, C)
+    values_out = torch.matmul(values_l, w_o).reshape(bsz, h * num_tok, c)  # (B, h*L, C)
+    delta_v = torch.baddbmm(
+        module.out_v_proj.bias.view(1, 1, c), attn_v.view(bsz, n, h * num_tok), values_out
+    )
+    if attn_l is None:
+        return delta_v, None
+    attn_l = F.dropout(attn_l, p=module.dropout, training=module.training)
+    flat_l = attn_l.view(bsz, n, h * num_tok).transpose(1, 2)  # (B, h*L, N)
+    pooled = torch.bmm(flat_l, visual).view(bsz, h, num_tok, c)  # (B, h, L, C)
+    w_vv = module.values_v_proj.weight.view(h, d, c).transpose(1, 2)  # (h, C, d)
+    out_l = torch.matmul(pooled, w_vv)  # (B, h, L, d)
+    rowsum = flat_l.sum(-1).view(bsz, h, num_tok, 1)
+    out_l = out_l + rowsum * module.values_v_proj.bias.view(1, h, 1, d)
+    out_l = out_l.transpose(1, 2).reshape(bsz, num_tok, h * d)
+    return delta_v, module.out_l_proj(out_l)
+
+
+# The straightforward implementation under the name the parity tests use as a second check.
+FUSION_ATTENTION_IMPLS["reference"] = eager_bi_attention

@@ -41,7 +41,7 @@ class BiMultiHeadAttention(nn.Module):
         num_heads: int = 8,
         dropout: float = 0.1,
         update_lang: bool = True,
-        attention_impl: str = "eager",
+        attention_impl: str = "reassociated",
     ):
         """
         Args:
@@ -111,6 +111,8 @@ class BiMultiHeadAttention(nn.Module):
             (delta_v, delta_l): (B, N, C) and (B, L, D) attention outputs (before layer scale);
             ``delta_l`` is None without ``update_lang``.
         """
+        if getattr(self.kernel, "module_level", False):
+            return self.kernel(self, visual, lang, attention_mask_l)
         bsz = visual.shape[0]
         query = self._split_heads(self.v_proj(visual) * self.scale)
         key = self._split_heads(self.l_proj(lang))
@@ -150,7 +152,7 @@ class BiAttentionBlock(nn.Module):
         dropout: float = 0.1,
         init_values: float = 1e-4,
         update_lang: bool = True,
-        attention_impl: str = "eager",
+        attention_impl: str = "reassociated",
     ):
         """
         Args:
@@ -239,7 +241,7 @@ class VLFuse(nn.Module):
         init_values: float = 1e-4,
         use_checkpoint: bool = False,
         update_lang: bool = True,
-        attention_impl: str = "eager",
+        attention_impl: str = "reassociated",
     ):
         """
         Args:

@@ -44,7 +44,7 @@ class FusionSpec:
     num_heads: int = 8
     dropout: float = 0.1
     use_checkpoint: bool = False
-    attention_impl: str = "eager"
+    attention_impl: str = "reassociated"
     fused_dot_product: bool = True
 
     def __post_init__(self):

@@ -292,7 +292,7 @@ def build_vldyhead_tower(
     use_dyfuse: bool = True,
     use_deform: bool = True,
     use_checkpoint: bool = False,
-    attention_impl: str = "eager",
+    attention_impl: str = "reassociated",
 ) -> nn.Sequential:
     """Build GLIP's ``dyhead_tower`` with the official module indices.
 
