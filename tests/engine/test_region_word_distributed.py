@@ -86,6 +86,10 @@ def _worker(out_dir):
     for name, empty_image_rows in SCENARIOS.items():
         result = _run(_batch(empty_image_rows), halves[rank], world_size=2)
         torch.save(result, out_dir / f"{name}_rank{rank}.pt")
+    # Leave together: a rank exiting while gloo still serves the other rank's last collective
+    # can abort it at interpreter shutdown ("terminate called without an active exception").
+    comm.synchronize()
+    torch.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
