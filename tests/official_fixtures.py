@@ -102,6 +102,39 @@ def train_parity_batch(cfg, inputs, image_tensor):
     return batch
 
 
+def extra_fixture_step_inputs(fixture: Path, cfg):
+    """Model and batch of a GLIPv2 ``train_parity`` part (``v2_contrastive_mlm``, ``v2_mask``):
+    ``cfg`` with every dropout off, the model in train mode with ``../glip/model.pth`` updated
+    by the part's ``model_extra.pth`` (strictly: nothing missing or unexpected), and the batch
+    on the part's crop of the ``glip`` image tensor.
+
+    Returns:
+        (model, inputs, batch): ``inputs`` is the part's ``inputs.pth``.
+    """
+    import torch
+    from detectron2.modeling import build_model
+
+    def load(path):
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    cfg.MODEL.FUSION.DROPOUT = 0.0
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
+    cfg.MODEL.GLIP_FPN.DROP_BLOCK = False
+    cfg.freeze()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    inputs = load(fixture / "inputs.pth")
+    base = load((fixture / inputs["image_tensor_from"]).parent / "model.pth")
+    base.update(load(fixture / "model_extra.pth"))
+    incompatible = model.load_state_dict(base, strict=False)
+    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == [], incompatible
+    model.train()
+    glip_inputs = load(fixture / inputs["image_tensor_from"])
+    n, h, w = inputs["image_tensor_crop_nhw"]
+    batch = train_parity_batch(cfg, inputs, glip_inputs["image_tensor"][:n, :, :h, :w])
+    return model, inputs, batch
+
+
 def official_gradients(grads_file, allow_low_rank: bool = True):
     """Official gradients of a ``train_parity`` ``grads.pth`` as dense tensors under our
     parameter names, and our names of the parameters without gradient. Row-sparse entries are

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.modeling import build_model
 from detectron2.structures import PolygonMasks
 from official_fixtures import (
     assert_gradients_match,
     convert_fixture_config,
+    extra_fixture_step_inputs,
     official_gradients,
-    train_parity_batch,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,22 +51,7 @@ def _load(path):
 def step(tmp_path_factory):
     cfg = convert_fixture_config(FIXTURE, tmp_path_factory.mktemp("train_parity_mask"))
     assert cfg.MODEL.MASK_ON and cfg.MODEL.ROI_MASK_HEAD.TRAIN_PROPOSALS == "atss+gt"
-    cfg.MODEL.FUSION.DROPOUT = 0.0
-    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
-    cfg.MODEL.GLIP_FPN.DROP_BLOCK = False
-    cfg.freeze()
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    inputs = _load(FIXTURE / "inputs.pth")
-    base = _load((FIXTURE / inputs["image_tensor_from"]).parent / "model.pth")
-    base.update(_load(FIXTURE / "model_extra.pth"))
-    incompatible = model.load_state_dict(base, strict=False)
-    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == [], incompatible
-    model.train()
-
-    glip_inputs = _load(FIXTURE / inputs["image_tensor_from"])
-    n, h, w = inputs["image_tensor_crop_nhw"]
-    batch = train_parity_batch(cfg, inputs, glip_inputs["image_tensor"][:n, :, :h, :w])
+    model, inputs, batch = extra_fixture_step_inputs(FIXTURE, cfg)
     for x, target in zip(batch, inputs["targets"]):
         polygons = [[torch.as_tensor(p).numpy() for p in m] for m in target["masks_polygons"]]
         x["instances"].gt_masks = PolygonMasks(polygons)

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.modeling import build_model
 from official_fixtures import (
     assert_gradients_match,
     convert_fixture_config,
+    extra_fixture_step_inputs,
     official_gradients,
-    train_parity_batch,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,23 +56,7 @@ def _load(path):
 def step(tmp_path_factory):
     cfg = convert_fixture_config(FIXTURE, tmp_path_factory.mktemp("train_parity_v2"))
     assert cfg.MODEL.GLIPV2.REGION_WORD.MODE == "code" and cfg.MODEL.GLIPV2.MLM.WEIGHT > 0
-    cfg.MODEL.FUSION.DROPOUT = 0.0
-    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
-    cfg.MODEL.GLIP_FPN.DROP_BLOCK = False
-    cfg.freeze()
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    inputs = _load(FIXTURE / "inputs.pth")
-    base = _load((FIXTURE / inputs["image_tensor_from"]).parent / "model.pth")
-    base.update(_load(FIXTURE / "model_extra.pth"))
-    incompatible = model.load_state_dict(base, strict=False)
-    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == [], incompatible
-    model.train()
-
-    glip_inputs = _load(FIXTURE / inputs["image_tensor_from"])
-    n, h, w = inputs["image_tensor_crop_nhw"]
-    image_tensor = glip_inputs["image_tensor"][:n, :, :h, :w]
-    batch = train_parity_batch(cfg, inputs, image_tensor)
+    model, inputs, batch = extra_fixture_step_inputs(FIXTURE, cfg)
     injected = inputs["injected"]
     for i, x in enumerate(batch):
         x["mlm_input_ids"] = injected["mlm_input_ids"][i]

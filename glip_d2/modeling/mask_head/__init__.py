@@ -3,7 +3,7 @@
 
 from .head import MaskTrainingStep, VLHourglassMaskHead
 from .hourglass import Hourglass, HourglassFeatureExtractor, Residual
-from .loss import inclusive_iou, mask_loss, mask_targets, match_rois, polygon_mask_targets
+from .loss import mask_loss, mask_targets, match_rois, polygon_mask_targets
 from .pooler import InclusiveROIPooler, assign_levels_inclusive
 from .predictor import VLMaskPredictor
 
@@ -13,7 +13,6 @@ __all__ = [
     "Hourglass",
     "HourglassFeatureExtractor",
     "Residual",
-    "inclusive_iou",
     "mask_loss",
     "mask_targets",
     "match_rois",

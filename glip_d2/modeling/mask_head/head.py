@@ -195,10 +195,9 @@ class VLHourglassMaskHead(nn.Module):
         matched_all, positive, pos_boxes, pos_gt_maps, targets = [], [], [], [], []
         start = 0
         for i, boxes in enumerate(rois):
-            matched_all.append(match_rois(gt_boxes[i], boxes, self.match_iou))
-            inds, gt_inds = positive_rois(
-                boxes, gt_boxes[i], gt_token_maps[i], gt_mask_valid[i], self.match_iou
-            )
+            matched = match_rois(gt_boxes[i], boxes, self.match_iou)
+            matched_all.append(matched)
+            inds, gt_inds = positive_rois(matched, gt_token_maps[i], gt_mask_valid[i])
             positive.append(inds + start)
             pos_boxes.append(boxes[inds])
             pos_gt_maps.append(gt_token_maps[i][gt_inds].bool())

@@ -14,25 +14,15 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, PolygonMasks
 
+from ..head.atss import pairwise_iou_inclusive
+
 __all__ = [
-    "inclusive_iou",
     "match_rois",
     "polygon_mask_targets",
     "mask_targets",
     "mask_loss",
     "positive_rois",
 ]
-
-
-def inclusive_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, M) IoU of inclusive boxes (official ``boxlist_iou``: ``+1`` widths)."""
-    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
-    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt + 1).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def match_rois(gt_boxes: torch.Tensor, rois: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -48,7 +38,7 @@ def match_rois(gt_boxes: torch.Tensor, rois: torch.Tensor, iou_threshold: float)
     """
     if len(gt_boxes) == 0 or len(rois) == 0:
         return torch.full((len(rois),), -1, dtype=torch.int64, device=rois.device)
-    iou = inclusive_iou(gt_boxes, rois)
+    iou = pairwise_iou_inclusive(gt_boxes, rois)
     best, matched = iou.max(dim=0)
     matched = matched.clone()
     matched[best < iou_threshold] = -1
@@ -117,22 +107,17 @@ def mask_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def positive_rois(
-    rois: torch.Tensor,
-    gt_boxes: torch.Tensor,
-    gt_token_maps: torch.Tensor,
-    gt_mask_valid: torch.Tensor,
-    iou_threshold: float,
+    matched: torch.Tensor, gt_token_maps: torch.Tensor, gt_mask_valid: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the ROIs that get mask loss and their GT: matched at IoU >= threshold to a
+    """Indices of the ROIs that get mask loss and their GT: matched (:func:`match_rois`) to a
     GT that has at least one token (official) and a mask (``gt_mask_valid``; all True for the
     official rectangle masks of box-only annotations).
 
     Returns:
         (roi indices (P,), matched GT indices (P,)).
     """
-    matched = match_rois(gt_boxes, rois, iou_threshold)
     ok = matched >= 0
-    if len(gt_boxes):
+    if len(gt_token_maps):
         has_tokens = gt_token_maps.any(1) & gt_mask_valid.to(torch.bool)
         ok &= has_tokens[matched.clamp(min=0)]
     inds = ok.nonzero().flatten()
