@@ -11,12 +11,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, BoxMode, Instances, pairwise_iou
 from detectron2.utils import comm
 
 __all__ = [
     "box_iou",
     "gather_predictions",
+    "predictions_by_record",
     "phrase_gt_boxes",
     "ranked_detections",
     "record_gt_boxes",
@@ -56,6 +58,31 @@ def gather_predictions(predictions: List[Any], distributed: bool) -> Optional[Li
     if not comm.is_main_process():
         return None
     return list(itertools.chain(*gathered))
+
+
+def predictions_by_record(
+    predictions: List[Mapping[str, Any]], dataset_name: str
+) -> tuple[Dict[Any, Mapping[str, Any]], Dict[Any, Mapping[str, Any]]]:
+    """Index gathered predictions and the dataset's records by ``image_id`` (one record per
+    image id, as referring-expression sets have); the first prediction of an id is kept.
+
+    Returns:
+        (predictions by image id, records by image id).
+
+    Raises:
+        ValueError: a prediction's image id is not in ``dataset_name``.
+    """
+    by_image: Dict[Any, Mapping[str, Any]] = {}
+    for pred in predictions:
+        by_image.setdefault(pred["image_id"], pred)
+    records = {r["image_id"]: r for r in DatasetCatalog.get(dataset_name)}
+    unknown = [i for i in by_image if i not in records]
+    if unknown:
+        raise ValueError(
+            f"Predictions for {len(unknown)} image ids not in dataset '{dataset_name}' "
+            f"(first: {unknown[0]})"
+        )
+    return by_image, records
 
 
 def _ann_xyxy(ann: Mapping[str, Any]) -> List[float]:

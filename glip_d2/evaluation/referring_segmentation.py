@@ -46,14 +46,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode, Instances
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
 from ..data.datasets.coco_grounding import require_file
-from .grounding_utils import gather_predictions
+from .grounding_utils import gather_predictions, predictions_by_record
 
 __all__ = [
     "PhraseCutEvaluator",
@@ -332,16 +332,7 @@ class _ReferringMaskEvaluator(DatasetEvaluator):
         if len(predictions) == 0:
             logger.warning(f"[{self._name}] Did not receive valid predictions.")
             return {}
-        by_image: Dict[Any, Dict[str, Any]] = {}
-        for pred in predictions:
-            by_image.setdefault(pred["image_id"], pred)
-        records = {r["image_id"]: r for r in DatasetCatalog.get(self._dataset_name)}
-        unknown = [i for i in by_image if i not in records]
-        if unknown:
-            raise ValueError(
-                f"Predictions for {len(unknown)} image ids not in dataset '{self._dataset_name}' "
-                f"(first: {unknown[0]})"
-            )
+        by_image, records = predictions_by_record(predictions, self._dataset_name)
         lookup = self._mask_lookup(list(records.values()))
 
         rows: List[Dict[str, Any]] = []

@@ -18,12 +18,17 @@ import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
-from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
-from .grounding_utils import box_iou, gather_predictions, ranked_detections, record_gt_boxes
+from .grounding_utils import (
+    box_iou,
+    gather_predictions,
+    predictions_by_record,
+    ranked_detections,
+    record_gt_boxes,
+)
 
 __all__ = ["RefExpEvaluator"]
 
@@ -89,17 +94,7 @@ class RefExpEvaluator(DatasetEvaluator):
         if len(predictions) == 0:
             logger.warning("[RefExpEvaluator] Did not receive valid predictions.")
             return {}
-        by_image: Dict[Any, Dict[str, Any]] = {}
-        for pred in predictions:
-            by_image.setdefault(pred["image_id"], pred)
-
-        records = {r["image_id"]: r for r in DatasetCatalog.get(self._dataset_name)}
-        unknown = [i for i in by_image if i not in records]
-        if unknown:
-            raise ValueError(
-                f"Predictions for {len(unknown)} image ids not in dataset '{self._dataset_name}' "
-                f"(first: {unknown[0]})"
-            )
+        by_image, records = predictions_by_record(predictions, self._dataset_name)
         correct = {k: 0 for k in self._topk}
         count, missing, no_gt = 0, 0, 0
         for image_id, record in records.items():
