@@ -10,7 +10,7 @@ the prompt, so it segments whatever the prompt names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 import torch
 from detectron2.config import configurable
@@ -63,8 +63,8 @@ class VLHourglassMaskHead(nn.Module):
       ``features`` are the fused maps (per level (B, C, H_l, W_l), P3 first), ``boxes`` per
       image (R_i, 4) inclusive XYXY in input pixels, ``text`` the fused token features
       (B, L, D) and ``token_maps`` per image (R_i, L) bool (the tokens of each box's phrase);
-    * ``head.losses(features, rois, text, gt_boxes, gt_token_maps, gt_masks, gt_mask_valid)``
-      -> ``{"loss_mask": ...}`` (see :meth:`training_step`).
+    * ``head.training_step(features, rois, text, gt_boxes, gt_token_maps, gt_masks,
+      gt_mask_valid)`` -> :class:`MaskTrainingStep` (``loss_mask`` and what it came from).
 
     Parameter names are the official ones under ``roi_heads.mask.`` (renamed to
     ``mask_head.`` by the checkpoint converter).
@@ -227,7 +227,3 @@ class VLHourglassMaskHead(nn.Module):
             targets=targets,
             logits=logits,
         )
-
-    def losses(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
-        """``{"loss_mask": ...}`` of :meth:`training_step` (same arguments)."""
-        return {"loss_mask": self.training_step(*args, **kwargs).loss}
