@@ -91,12 +91,13 @@ def test_attention_dropout_keeps_the_text_value_bias_exact(monkeypatch):
     torch.testing.assert_close(dl1, dl0, atol=2e-5, rtol=1e-4)
 
 
-def _model(impl):
+def _model(impl, deform_impl):
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file(str(ROOT / "configs" / "quick_schedules" / "glip_tiny.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.FUSION.ATTENTION_IMPL = impl
+    cfg.MODEL.GLIP_HEAD.DEFORM_CONV_IMPL = deform_impl
     cfg.MODEL.ATSS.INFERENCE_TH = 0.0
     torch.manual_seed(0)
     return build_model(cfg).eval()
@@ -124,8 +125,9 @@ def _prompt(n_entries, seed, h, w):
 
 def test_whole_model_detections_equal_the_reference():
     """Two images of different sizes batched, prompts of 2 and 5 entries (so one is padded),
-    and a chunked vocabulary: the same detections on both implementations."""
-    fast, ref = _model("reassociated"), _model("reference")
+    and a chunked vocabulary: the same detections on the fast kernels (fusion attention and
+    deformable conv) as on the reference ones."""
+    fast, ref = _model("reassociated", "auto"), _model("reference", "reference")
     ref.load_state_dict(fast.state_dict())
     batch = [_prompt(2, 1, 128, 160), _prompt(5, 2, 96, 192)]
     chunked = dict(_prompt(3, 3, 128, 128))

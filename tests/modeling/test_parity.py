@@ -28,11 +28,16 @@ def _load(name):
     return torch.load(FIXTURE / name, map_location="cpu", weights_only=False)
 
 
-@pytest.fixture(scope="module", params=["reassociated", "reference"])
+@pytest.fixture(
+    scope="module",
+    params=[("reassociated", "auto"), ("reference", "reference")],
+    ids=["fast", "reference"],
+)
 def parity(parity_cfg, request):
-    """The fixture model on the default (fast) fusion attention and on the reference one."""
+    """The fixture model on the default (fast) fusion attention and deformable-conv kernels,
+    and on the reference ones."""
     cfg = parity_cfg.clone()
-    cfg.MODEL.FUSION.ATTENTION_IMPL = request.param
+    cfg.MODEL.FUSION.ATTENTION_IMPL, cfg.MODEL.GLIP_HEAD.DEFORM_CONV_IMPL = request.param
     cfg.freeze()
     torch.manual_seed(0)
     model = build_model(cfg)

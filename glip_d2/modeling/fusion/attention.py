@@ -139,19 +139,31 @@ def reassociated_bi_attention(module, visual, lang, attention_mask_l):
     proj = proj.permute(0, 2, 1, 3).reshape(bsz, c, h * num_tok)
     # (B, N, h*L): position-major, then head, then token.
     attn = torch.baddbmm(bias.reshape(bsz, 1, h * num_tok), visual, proj)
-    attn = attn.clamp(min=-CLAMP, max=CLAMP).view(bsz, n, h, num_tok)
+    # In place only where autograd does not need the overwritten values.
+    inplace = not (torch.is_grad_enabled() and attn.requires_grad)
+    if inplace:
+        attn = attn.clamp_(min=-CLAMP, max=CLAMP).view(bsz, n, h, num_tok)
+    else:
+        attn = attn.clamp(min=-CLAMP, max=CLAMP).view(bsz, n, h, num_tok)
 
     attn_l = None
     if module.update_lang:
-        # Softmax over the image positions, per (head, token): dim 1 here.
-        attn_l = attn - attn.max(dim=1, keepdim=True)[0]
-        attn_l = attn_l.clamp(min=-CLAMP, max=CLAMP).softmax(dim=1)
+        # Softmax over the image positions, per (head, token): dim 1 here. The official code
+        # subtracts the max and clamps to [-CLAMP, CLAMP] first; softmax subtracts the max
+        # itself (and x - max = x - max exactly), and a clamped value had exp() = 0 in every
+        # float format anyway, so this is bitwise the official result in three fewer passes.
+        attn_l = attn.softmax(dim=1)
     if attention_mask_l is not None:
         if attention_mask_l.dim() != 2:
             raise ValueError("attention_mask_l must be (B, L)")
-        mask_bias = attention_mask_l.to(torch.float32)
-        mask_bias = mask_bias.masked_fill(attention_mask_l == 0, MASK_NEG).to(attn.dtype)
-        attn = attn + mask_bias[:, None, None, :]
+        padded = attention_mask_l == 0
+        if bool(padded.any()):
+            # Officially valid tokens get +1 (a shift the softmax removes) and padded ones
+            # -9e15 (exp() = 0); the same softmax up to rounding.
+            fill = padded[:, None, None, :]
+            attn = (
+                attn.masked_fill_(fill, MASK_NEG) if inplace else attn.masked_fill(fill, MASK_NEG)
+            )
     attn_v = F.dropout(attn.softmax(dim=-1), p=module.dropout, training=module.training)
 
     values_l = module.values_l_proj(lang).view(bsz, num_tok, h, d).transpose(1, 2)  # (B,h,L,d)
@@ -167,8 +179,12 @@ def reassociated_bi_attention(module, visual, lang, attention_mask_l):
     pooled = torch.bmm(flat_l, visual).view(bsz, h, num_tok, c)  # (B, h, L, C)
     w_vv = module.values_v_proj.weight.view(h, d, c).transpose(1, 2)  # (h, C, d)
     out_l = torch.matmul(pooled, w_vv)  # (B, h, L, d)
-    rowsum = flat_l.sum(-1).view(bsz, h, num_tok, 1)
-    out_l = out_l + rowsum * module.values_v_proj.bias.view(1, h, 1, d)
+    bias_vv = module.values_v_proj.bias.view(1, h, 1, d)
+    if module.training and module.dropout > 0:
+        # Dropout breaks the softmax's unit row sums: weight the bias by the kept mass.
+        out_l = out_l + flat_l.sum(-1).view(bsz, h, num_tok, 1) * bias_vv
+    else:
+        out_l = out_l + bias_vv  # each softmax row sums to 1
     out_l = out_l.transpose(1, 2).reshape(bsz, num_tok, h * d)
     return delta_v, module.out_l_proj(out_l)
 

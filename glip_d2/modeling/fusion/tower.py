@@ -163,6 +163,7 @@ class VLDyHead(nn.Module):
         prior_prob: float,
         log_scale: float,
         keep_last_text_update: bool = False,
+        deform_impl: str = "auto",
     ):
         """
         Args:
@@ -178,6 +179,8 @@ class VLDyHead(nn.Module):
             log_scale (float): initial dot-product log temperature.
             keep_last_text_update (bool): build the last block's text update even when the dot
                 product does not read it, because another loss does (GLIPv2's LM head).
+            deform_impl (str): the DyHead deformable convs' kernel
+                (``MODEL.GLIP_HEAD.DEFORM_CONV_IMPL``).
         """
         super().__init__()
         self.fusion = fusion
@@ -198,6 +201,7 @@ class VLDyHead(nn.Module):
             use_deform=use_deform,
             use_checkpoint=fusion.use_checkpoint,
             attention_impl=fusion.attention_impl,
+            deform_impl=deform_impl,
         )
         bias_value = -math.log((1 - prior_prob) / prior_prob)
         # Kept only so that official checkpoints load; frozen and never used (reference §5.3).
@@ -236,6 +240,7 @@ class VLDyHead(nn.Module):
             "prior_prob": h.PRIOR_PROB,
             "log_scale": h.LOG_SCALE,
             "keep_last_text_update": keep_last_text_update,
+            "deform_impl": h.DEFORM_CONV_IMPL,
         }
 
     def forward(

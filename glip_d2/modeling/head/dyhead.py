@@ -15,10 +15,10 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
 
 from ..fusion.bert_layer import BertFusionLayer
 from ..fusion.bi_attention import VLFuse
+from .deform_conv import get_deform_conv
 
 __all__ = [
     "ModulatedDeformConv",
@@ -51,7 +51,8 @@ def _reinterpret_planes(t: torch.Tensor, height: int, width: int) -> torch.Tenso
 
 
 class ModulatedDeformConv(nn.Module):
-    """Modulated deformable convolution (DCNv2) on ``torchvision.ops.deform_conv2d``.
+    """Modulated deformable convolution (DCNv2), computed by a kernel picked by name
+    (:data:`~glip_d2.modeling.head.deform_conv.DEFORM_CONV_IMPLS`).
 
     Offsets are (dy, dx) pairs per kernel tap in row-major tap order; the mask is already
     sigmoid-activated. When the offset/mask maps are larger than the output (GLIP computes them
@@ -67,8 +68,11 @@ class ModulatedDeformConv(nn.Module):
         stride: int = 1,
         padding: int = 1,
         bias: bool = True,
+        impl: str = "auto",
     ):
         super().__init__()
+        self._kernel = get_deform_conv(impl)  # a clear error for an unknown name
+        self.impl = impl
         self.stride = stride
         self.padding = padding
         self.kernel_size = kernel_size
@@ -97,14 +101,20 @@ class ModulatedDeformConv(nn.Module):
             offset = _reinterpret_planes(offset, out_h, out_w)
         if tuple(mask.shape[-2:]) != (out_h, out_w):
             mask = _reinterpret_planes(mask, out_h, out_w)
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=s, padding=p, mask=mask)
+        return self._kernel(x, offset, self.weight, self.bias, s, p, mask)
 
 
 class Conv3x3Norm(nn.Module):
     """3x3 conv (modulated deformable or plain) followed by GroupNorm."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, num_groups: int, deformable: bool
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        num_groups: int,
+        deformable: bool,
+        deform_impl: str = "auto",
     ):
         """
         Args:
@@ -113,10 +123,13 @@ class Conv3x3Norm(nn.Module):
             stride (int): 1 or 2.
             num_groups (int): GroupNorm groups (GLIP: MODEL.GROUP_NORM.NUM_GROUPS = 16).
             deformable (bool): modulated deformable conv (needs offset/mask) or nn.Conv2d.
+            deform_impl (str): the deformable conv's kernel (``DEFORM_CONV_IMPLS``).
         """
         super().__init__()
         if deformable:
-            self.conv = ModulatedDeformConv(in_channels, out_channels, 3, stride=stride, padding=1)
+            self.conv = ModulatedDeformConv(
+                in_channels, out_channels, 3, stride=stride, padding=1, impl=deform_impl
+            )
         else:
             self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
         self.bn = nn.GroupNorm(num_groups, out_channels)
@@ -200,6 +213,7 @@ class DyConv(nn.Module):
         use_dyrelu: bool = True,
         use_dyfuse: bool = True,
         use_deform: bool = True,
+        deform_impl: str = "auto",
     ):
         """
         Args:
@@ -208,13 +222,14 @@ class DyConv(nn.Module):
             use_dyrelu (bool): DyReLU (else ReLU).
             use_dyfuse (bool): scale-aware attention (else a plain mean).
             use_deform (bool): modulated deformable convs with a learned offset conv.
+            deform_impl (str): their kernel (``MODEL.GLIP_HEAD.DEFORM_CONV_IMPL``).
         """
         super().__init__()
         self.DyConv = nn.ModuleList(
             [
-                Conv3x3Norm(channels, channels, 1, num_groups, use_deform),
-                Conv3x3Norm(channels, channels, 1, num_groups, use_deform),
-                Conv3x3Norm(channels, channels, 2, num_groups, use_deform),
+                Conv3x3Norm(channels, channels, 1, num_groups, use_deform, deform_impl),
+                Conv3x3Norm(channels, channels, 1, num_groups, use_deform, deform_impl),
+                Conv3x3Norm(channels, channels, 2, num_groups, use_deform, deform_impl),
             ]
         )
         if use_dyfuse:
@@ -293,6 +308,7 @@ def build_vldyhead_tower(
     use_deform: bool = True,
     use_checkpoint: bool = False,
     attention_impl: str = "reassociated",
+    deform_impl: str = "auto",
 ) -> nn.Sequential:
     """Build GLIP's ``dyhead_tower`` with the official module indices.
 
@@ -321,6 +337,7 @@ def build_vldyhead_tower(
         use_dyrelu, use_dyfuse, use_deform (bool): see :class:`DyConv`.
         use_checkpoint (bool): activation checkpointing of the fusion in training.
         attention_impl (str): the fusion's attention kernel (``MODEL.FUSION.ATTENTION_IMPL``).
+        deform_impl (str): the deformable convs' kernel (``MODEL.GLIP_HEAD.DEFORM_CONV_IMPL``).
 
     Returns:
         nn.Sequential: the tower.
@@ -354,6 +371,7 @@ def build_vldyhead_tower(
                 use_dyrelu=use_dyrelu,
                 use_dyfuse=use_dyfuse,
                 use_deform=use_deform,
+                deform_impl=deform_impl,
             )
         )
     return nn.Sequential(*tower)
