@@ -13,6 +13,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..scratch import scratch_buffer
+
 __all__ = ["FUSION_ATTENTION_IMPLS", "register_fusion_attention", "get_fusion_attention"]
 
 # GLIP clamps attention logits to this range (the CLAMP_*_FOR_UNDERFLOW/OVERFLOW flags, on in
@@ -108,6 +110,14 @@ def module_level(fn):
     return fn
 
 
+def _softmax(x: torch.Tensor, dim: int, buffer_name: str) -> torch.Tensor:
+    """``x.softmax(dim)``, written into a scratch buffer inside a scratch scope."""
+    buf = scratch_buffer(buffer_name, x.shape, x.dtype, x.device)
+    if buf is None:
+        return x.softmax(dim=dim)
+    return torch.softmax(x, dim, out=buf)
+
+
 @register_fusion_attention("reassociated")
 @module_level
 def reassociated_bi_attention(module, visual, lang, attention_mask_l):
@@ -137,8 +147,14 @@ def reassociated_bi_attention(module, visual, lang, attention_mask_l):
     proj = torch.matmul(w_q, key) * module.scale  # (B, h, C, L)
     bias = torch.matmul(module.v_proj.bias.view(h, 1, d), key) * module.scale  # (B, h, 1, L)
     proj = proj.permute(0, 2, 1, 3).reshape(bsz, c, h * num_tok)
-    # (B, N, h*L): position-major, then head, then token.
-    attn = torch.baddbmm(bias.reshape(bsz, 1, h * num_tok), visual, proj)
+    # (B, N, h*L): position-major, then head, then token. Inside a scratch scope (inference)
+    # the three (N, h*L) maps live in reused buffers, consumed before this returns.
+    shape = (bsz, n, h * num_tok)
+    logits_buf = scratch_buffer("fusion.logits", shape, visual.dtype, visual.device)
+    if logits_buf is not None:
+        attn = torch.baddbmm(bias.reshape(bsz, 1, h * num_tok), visual, proj, out=logits_buf)
+    else:
+        attn = torch.baddbmm(bias.reshape(bsz, 1, h * num_tok), visual, proj)
     # In place only where autograd does not need the overwritten values.
     inplace = not (torch.is_grad_enabled() and attn.requires_grad)
     if inplace:
@@ -152,7 +168,7 @@ def reassociated_bi_attention(module, visual, lang, attention_mask_l):
         # subtracts the max and clamps to [-CLAMP, CLAMP] first; softmax subtracts the max
         # itself (and x - max = x - max exactly), and a clamped value had exp() = 0 in every
         # float format anyway, so this is bitwise the official result in three fewer passes.
-        attn_l = attn.softmax(dim=1)
+        attn_l = _softmax(attn, 1, "fusion.attn_l")
     if attention_mask_l is not None:
         if attention_mask_l.dim() != 2:
             raise ValueError("attention_mask_l must be (B, L)")
@@ -161,10 +177,12 @@ def reassociated_bi_attention(module, visual, lang, attention_mask_l):
             # Officially valid tokens get +1 (a shift the softmax removes) and padded ones
             # -9e15 (exp() = 0); the same softmax up to rounding.
             fill = padded[:, None, None, :]
-            attn = (
-                attn.masked_fill_(fill, MASK_NEG) if inplace else attn.masked_fill(fill, MASK_NEG)
-            )
-    attn_v = F.dropout(attn.softmax(dim=-1), p=module.dropout, training=module.training)
+            if inplace:
+                attn = attn.masked_fill_(fill, MASK_NEG)
+            else:
+                attn = attn.masked_fill(fill, MASK_NEG)
+    attn_v = _softmax(attn, -1, "fusion.attn_v")
+    attn_v = F.dropout(attn_v, p=module.dropout, training=module.training)
 
     values_l = module.values_l_proj(lang).view(bsz, num_tok, h, d).transpose(1, 2)  # (B,h,L,d)
     w_o = module.out_v_proj.weight.view(c, h, d).permute(1, 2, 0)  # (h, d, C)

@@ -19,6 +19,7 @@ from detectron2.config import configurable
 from torch import nn
 
 from ..head.dyhead import build_vldyhead_tower
+from ..scratch import scratch_scope
 from .attention import get_fusion_attention
 
 __all__ = ["FusionSpec", "DenseHeadOutputs", "VLDyHead", "Scale"]
@@ -254,7 +255,9 @@ class VLDyHead(nn.Module):
         Returns:
             DenseHeadOutputs.
         """
-        state = self.dyhead_tower({"visual": list(features), "lang": dict(lang)})
+        # Without autograd the tower's large intermediates reuse scratch buffers.
+        with scratch_scope(enabled=not torch.is_grad_enabled()):
+            state = self.dyhead_tower({"visual": list(features), "lang": dict(lang)})
         fused_lang = state["lang"]
         embedding = fused_lang["hidden"] if self.fused_dot_product else fused_lang["embedded"]
         embedding = F.normalize(embedding, p=2, dim=-1)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d as _tv_deform_conv2d
 
+from ..scratch import scratch_buffer
+
 __all__ = [
     "DEFORM_CONV_IMPLS",
     "deform_conv2d_sparse",
@@ -131,7 +133,9 @@ def deform_conv2d_sparse(
             size=(n_rows, rows.shape[0]),
             check_invariants=False,
         )
-        columns = sampler @ rows  # (B*P*K, C), row (b, p, k)
+        # (B*P*K, C), row (b, p, k); in a scratch buffer inside a scratch scope (inference).
+        buf = scratch_buffer("deform_conv.columns", (n_rows, channels), x.dtype, x.device)
+        columns = sampler @ rows if buf is None else torch.mm(sampler, rows, out=buf)
 
     # The weight as (C_out, K*C) with column index k*C + c, to match the columns' layout.
     w2d = weight.permute(0, 2, 3, 1).reshape(out_channels, taps * channels)

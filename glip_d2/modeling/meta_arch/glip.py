@@ -23,6 +23,7 @@ from ..head.atss import ATSSAssigner, ATSSAssignment, GLIPBoxCoder, cell_anchor,
 from ..head.inference import GLIPPostProcessor
 from ..language import build_language_backbone
 from ..mask_head import MaskTrainingStep
+from ..scratch import scratch_scope
 
 logger = logging.getLogger(__name__)
 
@@ -357,9 +358,11 @@ class GLIP(nn.Module):
         """See the class docstring for the input and output formats."""
         if self.training:
             return self.forward_train(batched_inputs).losses
-        images = self.preprocess_image(batched_inputs)
-        features = self.extract_features(images)
-        return self.inference(batched_inputs, images, features)
+        # One scope of scratch buffers for every chunk and image of the batch (no autograd).
+        with scratch_scope(enabled=not torch.is_grad_enabled()):
+            images = self.preprocess_image(batched_inputs)
+            features = self.extract_features(images)
+            return self.inference(batched_inputs, images, features)
 
     def dense_head(
         self, features: List[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
