@@ -261,6 +261,11 @@ def add_glip_config(cfg: CN) -> None:
     _C.TEST.EVAL_PERIOD = 0
     # Inference: (image, prompt chunk) pairs per language-backbone/head pass.
     _C.TEST.PROMPT_BATCH_SIZE = 8
+    # Inference arithmetic: "fp32" (default; the parity tests' setting), or "fp16" / "bf16":
+    # autocast for the backbones, the fusion and the heads, with box decoding, NMS and mask
+    # pasting in fp32. fp16 is meant for GPUs (the official clamps keep its logits finite);
+    # bf16 also runs on CPUs with bf16 support. See the README for the measured differences.
+    _C.TEST.PRECISION = "fp32"
     # Evaluate with the EMA weights (when SOLVER.MODEL_EMA > 0).
     _C.TEST.USE_EMA = True
     # After evaluation, draw the predictions on the first NUM_IMAGES images of each test set.

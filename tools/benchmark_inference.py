@@ -4,17 +4,26 @@
     python tools/benchmark_inference.py                       # GLIP-T (C), 800x1333 and 512x512
     python tools/benchmark_inference.py --workloads 512x512 lvis --repeats 3
     python tools/benchmark_inference.py --quick               # tiny config, seconds
+    python tools/benchmark_inference.py --workloads lvis lvis40 --repeats 1
+    python tools/benchmark_inference.py --device cuda --precision fp16 --workloads 800x1333 lvis
 
 Each timed run is its own process, alternating baseline / current (so both see the same
 machine state); a process builds the model, loads the shared weights, runs one warm-up
 inference and one timed one, and reports its peak RSS. Weights are random (GLIP-T (C)'s
 shapes, BERT-base size; the timing does not depend on them) and saved once, so both revisions
-run the same network; outputs must agree (boxes and scores within ``--atol``). The image is a
-fixed random picture; the prompt is COCO's 80 names, or 1,203 synthetic LVIS-like names
-(``lvis``, at 512x512) chunked by ``INPUT.PROMPT.CHUNK_SIZE`` (0: packed to the token limit).
+run the same network; outputs must agree (the 100 detections of the image, with
+``MODEL.ATSS.INFERENCE_TH 0``: classes equal, scores within ``--atol``). The image is a
+fixed random picture; the prompt is COCO's 80 names, or 1,203 synthetic LVIS-like names at
+512x512, packed into chunks up to the token limit (``lvis``, the default
+``INPUT.PROMPT.CHUNK_SIZE 0``) or in the official chunks of 40 names (``lvis40``).
 
-Prints a table: median and min-max seconds per image, peak RSS, current/baseline speed-up,
-and whether the outputs agree.
+``--precision fp16|bf16`` runs the current checkout with that ``TEST.PRECISION`` (the baseline
+stays fp32) and reports, instead of exact agreement, how many of the fp32 detections are kept
+(same class, IoU >= 0.9) and their score differences. ``--device cuda`` times on the GPU
+(synchronised; peak GPU memory instead of RSS).
+
+Prints a table: median and min-max seconds per image, images/s, peak memory,
+current/baseline speed-up, and whether the outputs agree.
 """
 
 import argparse
@@ -41,22 +50,27 @@ COCO_NAMES = (
     "hair_drier toothbrush"
 ).split()
 COCO_NAMES = [n.replace("_", " ") for n in COCO_NAMES]
-#: workload -> (height, width, vocabulary)
+#: workload -> (height, width, vocabulary, INPUT.PROMPT.CHUNK_SIZE or None: the config's)
 WORKLOADS = {
-    "800x1333": (800, 1333, "coco"),
-    "512x512": (512, 512, "coco"),
-    "lvis": (512, 512, "lvis"),
+    "800x1333": (800, 1333, "coco", None),
+    "512x512": (512, 512, "coco", None),
+    "lvis": (512, 512, "lvis", 0),
+    "lvis40": (512, 512, "lvis", 40),
 }
 
 
-def _overrides(quick: bool, height: int, width: int, tmp: Path):
+def _overrides(quick: bool, height: int, width: int, tmp: Path, device: str = "cpu"):
     opts = [
         "MODEL.DEVICE",
-        "cpu",
+        device,
         "INPUT.MIN_SIZE_TEST",
         str(min(height, width)),
         "INPUT.MAX_SIZE_TEST",
         str(max(height, width)),
+        # Random weights score every anchor near the prior (~0.01): without a threshold each
+        # image still gets its 100 detections after NMS, so the outputs can be compared.
+        "MODEL.ATSS.INFERENCE_TH",
+        "0.0",
     ]
     if not quick:
         bert = tmp / "bert_base_config.json"
@@ -102,25 +116,40 @@ def worker(args):
     from glip_d2.engine import GLIPPredictor
 
     assert Path(sys.modules["glip_d2"].__file__).resolve().is_relative_to(Path(args.tree))
-    height, width, vocab = WORKLOADS[args.workload]
+    height, width, vocab, chunk_size = WORKLOADS[args.workload]
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file(str(Path(args.tree) / args.config_file))
-    cfg.merge_from_list(_overrides(args.quick, height, width, Path(args.tmp)))
+    cfg.merge_from_list(_overrides(args.quick, height, width, Path(args.tmp), args.device))
     cfg.MODEL.WEIGHTS = ""
+    if chunk_size is not None:
+        cfg.INPUT.PROMPT.CHUNK_SIZE = chunk_size
+    if args.precision != "fp32":
+        cfg.TEST.PRECISION = args.precision  # only set on the current checkout
     predictor = GLIPPredictor(cfg)
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
     predictor.model.load_state_dict(state)
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     names = _vocabulary(vocab)
+    cuda = args.device == "cuda"
     with torch.no_grad():
         predictor(image, names)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         inst = predictor(image, names)["instances"]
+        if cuda:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    inst = inst.to("cpu")
     out = {
         "seconds": seconds,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gb": peak,
         "boxes": inst.pred_boxes.tensor.tolist(),
         "scores": inst.scores.tolist(),
         "classes": inst.pred_classes.tolist(),
@@ -128,7 +157,22 @@ def worker(args):
     Path(args.out).write_text(json.dumps(out))
 
 
+def _agreement(a, b, atol, precision):
+    """(ok, text) for the current run ``b`` against the baseline run ``a``."""
+    if precision == "fp32":
+        ok = _agree(a, b, atol)
+        return ok, "yes" if ok else "NO"
+    from glip_d2.utils.detection_diff import compare_detections
+
+    diff = compare_detections(
+        a["boxes"], a["scores"], a["classes"], b["boxes"], b["scores"], b["classes"]
+    )
+    return True, diff.summary()
+
+
 def _agree(a, b, atol):
+    if not a["scores"]:
+        raise RuntimeError("the baseline gave no detections: nothing to compare the outputs on")
     if len(a["scores"]) != len(b["scores"]) or a["classes"] != b["classes"]:
         return False
     import numpy as np
@@ -149,6 +193,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed processes per revision")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--atol", type=float, default=1e-4, help="score agreement")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="TEST.PRECISION of the current checkout (the baseline runs fp32)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="configs/quick_schedules/glip_tiny.yaml, 512x512 only"
     )
@@ -182,7 +233,7 @@ def main(argv=None):
     cfg = get_cfg()
     add_glip_config(cfg)
     cfg.merge_from_file(str(ROOT / args.config_file))
-    cfg.merge_from_list(_overrides(args.quick, 512, 512, tmp))
+    cfg.merge_from_list(_overrides(args.quick, 512, 512, tmp))  # weights are built on the CPU
     torch.manual_seed(0)
     weights = tmp / "weights.pth"
     torch.save(build_model(cfg).state_dict(), weights)
@@ -212,6 +263,10 @@ def main(argv=None):
                     args.config_file,
                     "--threads",
                     str(args.threads),
+                    "--device",
+                    args.device,
+                    "--precision",
+                    args.precision if name == "current" else "fp32",
                 ]
                 if args.quick:
                     cmd.append("--quick-worker")
@@ -229,7 +284,10 @@ def main(argv=None):
                     f"{workload} {name} run {rep + 1}: {runs[name][-1]['seconds']:.2f} s",
                     flush=True,
                 )
-        agree = all(_agree(runs["baseline"][0], r, args.atol) for r in runs["current"])
+        checks = [
+            _agreement(runs["baseline"][0], r, args.atol, args.precision) for r in runs["current"]
+        ]
+        agree = (all(ok for ok, _ in checks), checks[0][1])
         stats = {}
         for name, rs in runs.items():
             secs = [r["seconds"] for r in rs]
@@ -241,20 +299,25 @@ def main(argv=None):
             )
         rows.append((workload, stats, stats["baseline"][0] / stats["current"][0], agree))
 
-    print(f"\nconfig {args.config_file}, {args.threads} threads, fp32, baseline {args.baseline}")
+    where = f"{args.threads} threads" if args.device == "cpu" else "cuda"
+    memory = "peak RSS" if args.device == "cpu" else "peak GPU memory"
     print(
-        "| workload | baseline s (min-max) | current s (min-max) | peak RSS GB base / cur "
-        "| speed-up | outputs agree |"
+        f"\nconfig {args.config_file}, {where}, baseline {args.baseline} fp32, current "
+        f"{args.precision}"
     )
-    print("|---|---:|---:|---:|---:|:---:|")
-    for workload, st, ratio, agree in rows:
+    print(
+        f"| workload | baseline s (min-max) | current s (min-max) | current images/s "
+        f"| {memory} GB base / cur | speed-up | outputs agree |"
+    )
+    print("|---|---:|---:|---:|---:|---:|:---:|")
+    for workload, st, ratio, (_, agree_text) in rows:
         b, c = st["baseline"], st["current"]
-        ok = "yes" if agree else "NO"
         print(
             f"| {workload} | {b[0]:.2f} ({b[1]:.2f}-{b[2]:.2f}) | {c[0]:.2f} ({c[1]:.2f}-"
-            f"{c[2]:.2f}) | {b[3]:.2f} / {c[3]:.2f} | {ratio:.2f}x | {ok} |"
+            f"{c[2]:.2f}) | {1 / c[0]:.3f} | {b[3]:.2f} / {c[3]:.2f} | {ratio:.2f}x "
+            f"| {agree_text} |"
         )
-    return 0 if all(r[3] for r in rows) else 1
+    return 0 if all(r[3][0] for r in rows) else 1
 
 
 if __name__ == "__main__":

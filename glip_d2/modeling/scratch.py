@@ -85,9 +85,11 @@ def scratch_scope(enabled: bool = True) -> Iterator[Optional[ScratchBuffers]]:
 def scratch_buffer(
     name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device
 ) -> Optional[torch.Tensor]:
-    """A buffer of the current scope (see :meth:`ScratchBuffers.get`), or None outside a scope
-    or while autograd records (a kernel then allocates as usual)."""
+    """A buffer of the current scope (see :meth:`ScratchBuffers.get`), or None outside a scope,
+    while autograd records or under autocast (a kernel then allocates as usual)."""
     buffers = _CURRENT.get()
     if buffers is None or torch.is_grad_enabled():
         return None
+    if torch.is_autocast_enabled(torch.device(device).type):
+        return None  # autocast picks the result dtypes; out= would fight it
     return buffers.get(name, shape, dtype, device)

@@ -175,12 +175,13 @@ def reassociated_bi_attention(module, visual, lang, attention_mask_l):
         padded = attention_mask_l == 0
         if bool(padded.any()):
             # Officially valid tokens get +1 (a shift the softmax removes) and padded ones
-            # -9e15 (exp() = 0); the same softmax up to rounding.
+            # -9e15 (exp() = 0; -inf in fp16, as officially); the same softmax up to rounding.
             fill = padded[:, None, None, :]
+            value = MASK_NEG if torch.finfo(attn.dtype).max > -MASK_NEG else float("-inf")
             if inplace:
-                attn = attn.masked_fill_(fill, MASK_NEG)
+                attn = attn.masked_fill_(fill, value)
             else:
-                attn = attn.masked_fill(fill, MASK_NEG)
+                attn = attn.masked_fill(fill, value)
     attn_v = _softmax(attn, -1, "fusion.attn_v")
     attn_v = F.dropout(attn_v, p=module.dropout, training=module.training)
 

@@ -152,6 +152,16 @@ def _torchvision(x, offset, weight, bias, stride, padding, mask):
 
 
 def _sparse(x, offset, weight, bias, stride, padding, mask):
+    if torch.is_autocast_enabled(x.device.type) or x.dtype in (torch.float16, torch.bfloat16):
+        # As torchvision's autocast rule for deform_conv2d: fp32 inside, the input's dtype out.
+        def f32(t):
+            return None if t is None else t.float()
+
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = deform_conv2d_sparse(
+                f32(x), f32(offset), f32(weight), f32(bias), stride, padding, mask=f32(mask)
+            )
+        return out.to(x.dtype)
     return deform_conv2d_sparse(x, offset, weight, bias, stride=stride, padding=padding, mask=mask)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,6 +27,9 @@ from ..mask_head import MaskTrainingStep
 from ..scratch import scratch_scope
 
 logger = logging.getLogger(__name__)
+
+#: ``TEST.PRECISION`` -> autocast dtype of inference (None: plain fp32).
+INFERENCE_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -106,6 +110,7 @@ class GLIP(nn.Module):
         mask_train_proposals: str = "atss+gt",
         mask_proposal_generator: Optional[GLIPPostProcessor] = None,
         mask_loss_weight: float = 1.0,
+        precision: str = "fp32",
     ):
         """
         Args:
@@ -134,6 +139,9 @@ class GLIP(nn.Module):
             mask_proposal_generator (GLIPPostProcessor): the official train-time ATSS
                 post-processing (score threshold 0, its own top-N).
             mask_loss_weight (float): weight of ``loss_mask``.
+            precision (str): inference arithmetic (``TEST.PRECISION``): ``"fp32"``, or
+                ``"fp16"`` / ``"bf16"`` autocast for the backbones, fusion and heads (the box
+                decoding, NMS and mask pasting stay fp32).
         """
         super().__init__()
         self.backbone = backbone
@@ -150,6 +158,11 @@ class GLIP(nn.Module):
         self.mask_head = mask_head
         self.max_query_len = max_query_len
         self.prompt_batch_size = prompt_batch_size
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(
+                f"TEST.PRECISION '{precision}' is not one of {sorted(INFERENCE_PRECISIONS)}"
+            )
+        self.precision = precision
         if mlm_grounding_prompt not in ("masked", "clean"):
             raise ValueError(
                 f"MODEL.GLIPV2.MLM.GROUNDING_PROMPT '{mlm_grounding_prompt}' is not one of "
@@ -283,6 +296,7 @@ class GLIP(nn.Module):
             "max_query_len": cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN,
             "tuning_mode": cfg.SOLVER.TUNING_MODE,
             "prompt_batch_size": cfg.TEST.PROMPT_BATCH_SIZE,
+            "precision": cfg.TEST.PRECISION,
             "mlm_grounding_prompt": cfg.MODEL.GLIPV2.MLM.GROUNDING_PROMPT,
         }
 
@@ -359,10 +373,17 @@ class GLIP(nn.Module):
         if self.training:
             return self.forward_train(batched_inputs).losses
         # One scope of scratch buffers for every chunk and image of the batch (no autograd).
-        with scratch_scope(enabled=not torch.is_grad_enabled()):
+        with scratch_scope(enabled=not torch.is_grad_enabled()), self.inference_autocast():
             images = self.preprocess_image(batched_inputs)
             features = self.extract_features(images)
             return self.inference(batched_inputs, images, features)
+
+    def inference_autocast(self):
+        """The autocast context of ``TEST.PRECISION`` (a no-op context for fp32)."""
+        dtype = INFERENCE_PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def dense_head(
         self, features: List[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -567,20 +588,28 @@ class GLIP(nn.Module):
             same = len(part) == len(batched_inputs) and all(i == k for k, (i, _) in enumerate(part))
             sub = features if same else [f.index_select(0, index) for f in features]
             out = self.dense_head(sub, input_ids, attention_mask)
-            logits, deltas, centerness = out.logits, out.deltas, out.centerness
+            # Box decoding and NMS in fp32 whatever TEST.PRECISION is (no-ops in fp32).
+            logits, deltas, centerness = (
+                [t.float() for t in ts] for ts in (out.logits, out.deltas, out.centerness)
+            )
             for k, ((i, _), prompt) in enumerate(zip(part, prompts)):
                 positive_map = self._trimmed_positive_map(prompt["positive_map"], length)
-                boxes, scores, labels = self.detect(
-                    logits, deltas, centerness, anchors, k, positive_map, images.image_sizes[i]
-                )
+                with torch.autocast(device_type=self.device.type, enabled=False):
+                    boxes, scores, labels = self.detect(
+                        logits, deltas, centerness, anchors, k, positive_map, images.image_sizes[i]
+                    )
                 masks = None
                 if self.mask_head is not None:
-                    masks = self.mask_head(
-                        [f[k : k + 1] for f in out.fused_visual],
-                        [boxes],
-                        out.text_fused[k : k + 1],
-                        [positive_map.to(boxes.device)[labels]],
-                    ).sigmoid()
+                    masks = (
+                        self.mask_head(
+                            [f[k : k + 1] for f in out.fused_visual],
+                            [boxes],
+                            out.text_fused[k : k + 1],
+                            [positive_map.to(boxes.device)[labels]],
+                        )
+                        .float()
+                        .sigmoid()
+                    )
                 found[i].append(
                     self.to_instances(
                         prompt,
