@@ -266,6 +266,10 @@ def add_glip_config(cfg: CN) -> None:
     # pasting in fp32. fp16 is meant for GPUs (the official clamps keep its logits finite);
     # bf16 also runs on CPUs with bf16 support. See the README for the measured differences.
     _C.TEST.PRECISION = "fp32"
+    # Inference keeps the language features of this many recent prompt batches (0: off): a
+    # fixed vocabulary is encoded once per dataset or video instead of once per image. Entries
+    # are only reused while the language parameters are unchanged.
+    _C.TEST.TEXT_CACHE_SIZE = 16
     # Evaluate with the EMA weights (when SOLVER.MODEL_EMA > 0).
     _C.TEST.USE_EMA = True
     # After evaluation, draw the predictions on the first NUM_IMAGES images of each test set.

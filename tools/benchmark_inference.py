@@ -126,6 +126,8 @@ def worker(args):
         cfg.INPUT.PROMPT.CHUNK_SIZE = chunk_size
     if args.precision != "fp32":
         cfg.TEST.PRECISION = args.precision  # only set on the current checkout
+    if args.opts:  # only passed to the current checkout, as one JSON list
+        cfg.merge_from_list(json.loads(args.opts[0]))
     predictor = GLIPPredictor(cfg)
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
     predictor.model.load_state_dict(state)
@@ -203,6 +205,12 @@ def main(argv=None):
     parser.add_argument(
         "--quick", action="store_true", help="configs/quick_schedules/glip_tiny.yaml, 512x512 only"
     )
+    parser.add_argument(
+        "--opts",
+        nargs="*",
+        default=[],
+        help="config KEY VALUE pairs for the current checkout (e.g. TEST.TEXT_CACHE_SIZE 0)",
+    )
     # worker mode (internal)
     for name in ("--worker", "--quick-worker"):
         parser.add_argument(name, action="store_true", help=argparse.SUPPRESS)
@@ -270,15 +278,15 @@ def main(argv=None):
                 ]
                 if args.quick:
                     cmd.append("--quick-worker")
+                if name == "current" and args.opts:
+                    cmd += ["--opts", json.dumps(args.opts)]
                 env = dict(os.environ, PYTHONPATH=tree)
-                subprocess.run(
-                    cmd,
-                    check=True,
-                    env=env,
-                    cwd=tree,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                proc = subprocess.run(
+                    cmd, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
                 )
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stderr.decode(errors="replace")[-4000:])
+                    raise SystemExit(f"the {name} run of {workload} failed (its stderr above)")
                 runs[name].append(json.loads(out.read_text()))
                 print(
                     f"{workload} {name} run {rep + 1}: {runs[name][-1]['seconds']:.2f} s",

@@ -125,15 +125,17 @@ def _prompt(n_entries, seed, h, w):
 
 def test_whole_model_detections_equal_the_reference():
     """Two images of different sizes batched, prompts of 2 and 5 entries (so one is padded),
-    and a chunked vocabulary: the same detections on the fast kernels (fusion attention and
-    deformable conv) as on the reference ones."""
+    a chunked vocabulary and single images of three more sizes: the same detections on the
+    fast kernels (fusion attention and deformable conv) as on the reference ones."""
     fast, ref = _model("reassociated", "auto"), _model("reference", "reference")
     ref.load_state_dict(fast.state_dict())
     batch = [_prompt(2, 1, 128, 160), _prompt(5, 2, 96, 192)]
     chunked = dict(_prompt(3, 3, 128, 128))
     chunked["prompt_chunks"] = [_prompt(3, 4, 128, 128), _prompt(1, 5, 128, 128)]
+    # Single images of other sizes: odd sides, and one whose coarsest level is 1x1.
+    singles = [[_prompt(4, 6, 200, 120)], [_prompt(2, 7, 75, 301)], [_prompt(3, 8, 33, 47)]]
     with torch.no_grad():
-        for inputs in (batch, [chunked]):
+        for inputs in (batch, [chunked], *singles):
             a = fast(inputs)
             b = ref(inputs)
             for x, y in zip(a, b):

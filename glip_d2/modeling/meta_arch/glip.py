@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -111,6 +112,7 @@ class GLIP(nn.Module):
         mask_proposal_generator: Optional[GLIPPostProcessor] = None,
         mask_loss_weight: float = 1.0,
         precision: str = "fp32",
+        text_cache_size: int = 16,
     ):
         """
         Args:
@@ -142,6 +144,10 @@ class GLIP(nn.Module):
             precision (str): inference arithmetic (``TEST.PRECISION``): ``"fp32"``, or
                 ``"fp16"`` / ``"bf16"`` autocast for the backbones, fusion and heads (the box
                 decoding, NMS and mask pasting stay fp32).
+            text_cache_size (int): inference keeps the language features of this many recent
+                prompt batches (``TEST.TEXT_CACHE_SIZE``; 0: off), so a fixed vocabulary is
+                encoded once for a whole dataset or video. An entry is reused only while the
+                language parameters are unchanged (their in-place version counters).
         """
         super().__init__()
         self.backbone = backbone
@@ -163,6 +169,8 @@ class GLIP(nn.Module):
                 f"TEST.PRECISION '{precision}' is not one of {sorted(INFERENCE_PRECISIONS)}"
             )
         self.precision = precision
+        self.text_cache_size = int(text_cache_size)
+        self._text_cache: OrderedDict[tuple, Dict] = OrderedDict()
         if mlm_grounding_prompt not in ("masked", "clean"):
             raise ValueError(
                 f"MODEL.GLIPV2.MLM.GROUNDING_PROMPT '{mlm_grounding_prompt}' is not one of "
@@ -297,6 +305,7 @@ class GLIP(nn.Module):
             "tuning_mode": cfg.SOLVER.TUNING_MODE,
             "prompt_batch_size": cfg.TEST.PROMPT_BATCH_SIZE,
             "precision": cfg.TEST.PRECISION,
+            "text_cache_size": cfg.TEST.TEXT_CACHE_SIZE,
             "mlm_grounding_prompt": cfg.MODEL.GLIPV2.MLM.GROUNDING_PROMPT,
         }
 
@@ -343,11 +352,39 @@ class GLIP(nn.Module):
         Args:
             input_ids, attention_mask: (B, L) int64.
         """
+        cached = self.text_cache_size > 0 and not self.training and not torch.is_grad_enabled()
+        if cached:
+            key = self._text_cache_key(input_ids, attention_mask)
+            hit = self._text_cache.get(key)
+            if hit is not None:
+                self._text_cache.move_to_end(key)
+                return dict(hit)
         lang = self.language_backbone(input_ids, attention_mask)
         if self.tunable_linear is not None:
             delta = self.tunable_linear.weight[: input_ids.shape[1]].unsqueeze(0)
             lang = dict(lang, embedded=lang["embedded"] + delta, hidden=lang["hidden"] + delta)
+        if cached:
+            self._text_cache[key] = dict(lang)
+            while len(self._text_cache) > self.text_cache_size:
+                self._text_cache.popitem(last=False)
         return lang
+
+    def _text_cache_key(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
+        """The prompt batch, the arithmetic it runs in, and the state of every parameter the
+        language features depend on (optimizer steps and ``load_state_dict`` bump it)."""
+        params = list(self.language_backbone.parameters())
+        if self.tunable_linear is not None:
+            params += list(self.tunable_linear.parameters())
+        device_type = input_ids.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        return (
+            tuple(input_ids.shape),
+            input_ids.cpu().numpy().tobytes(),
+            attention_mask.cpu().numpy().tobytes(),
+            str(input_ids.device),
+            autocast and torch.get_autocast_dtype(device_type),
+            tuple((id(p), p._version) for p in params),
+        )
 
     def extract_features(self, images: ImageList) -> List[torch.Tensor]:
         """FPN maps P3..P7, each (B, C, H_l, W_l)."""
