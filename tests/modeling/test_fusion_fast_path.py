@@ -146,3 +146,14 @@ def test_whole_model_detections_equal_the_reference():
                     x.pred_boxes.tensor, y.pred_boxes.tensor, atol=1e-3, rtol=1e-4
                 )
                 assert torch.equal(x.pred_classes, y.pred_classes)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e5])
+def test_text_side_softmax_is_bitwise_the_official_sequence(scale):
+    """The official max-subtraction and clamp before the softmax over positions change no bit
+    (the reassociated kernel skips them)."""
+    g = torch.Generator().manual_seed(3)
+    attn = (torch.randn(2, 300, 8, 21, generator=g) * scale).clamp(-50000.0, 50000.0)
+    official = attn - attn.max(dim=1, keepdim=True)[0]
+    official = official.clamp(min=-50000.0, max=50000.0).softmax(dim=1)
+    assert torch.equal(attn.softmax(dim=1), official)
