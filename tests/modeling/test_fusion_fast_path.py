@@ -2,18 +2,12 @@
 outputs and gradients, for prompts of different lengths (padding), several image sizes, with
 and without the text update, and through the whole model."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from synthetic_inputs import random_prompt_input, tiny_model
 
-from glip_d2.config import add_glip_config
 from glip_d2.modeling.fusion import FUSION_ATTENTION_IMPLS
 from glip_d2.modeling.fusion.bi_attention import BiMultiHeadAttention
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pair(update_lang, dropout=0.0):
@@ -92,35 +86,13 @@ def test_attention_dropout_keeps_the_text_value_bias_exact(monkeypatch):
 
 
 def _model(impl, deform_impl):
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(str(ROOT / "configs" / "quick_schedules" / "glip_tiny.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.FUSION.ATTENTION_IMPL = impl
-    cfg.MODEL.GLIP_HEAD.DEFORM_CONV_IMPL = deform_impl
-    cfg.MODEL.ATSS.INFERENCE_TH = 0.0
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
-
-
-def _prompt(n_entries, seed, h, w):
-    g = torch.Generator().manual_seed(seed)
-    n = 3 * n_entries + 1
-    ids = torch.zeros(256, dtype=torch.long)
-    ids[:n] = torch.randint(1000, 5000, (n,), generator=g)
-    attn = torch.zeros(256, dtype=torch.long)
-    attn[:n] = 1
-    pmap = torch.zeros(n_entries, 256, dtype=torch.bool)
-    for k in range(n_entries):
-        pmap[k, 3 * k + 1 : 3 * k + 3] = True
-    return {
-        "image": torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8),
-        "height": h,
-        "width": w,
-        "input_ids": ids,
-        "attention_mask": attn,
-        "positive_map": pmap,
-    }
+    return tiny_model(
+        **{
+            "MODEL.FUSION.ATTENTION_IMPL": impl,
+            "MODEL.GLIP_HEAD.DEFORM_CONV_IMPL": deform_impl,
+            "MODEL.ATSS.INFERENCE_TH": 0.0,
+        }
+    )
 
 
 def test_whole_model_detections_equal_the_reference():
@@ -129,11 +101,18 @@ def test_whole_model_detections_equal_the_reference():
     fast kernels (fusion attention and deformable conv) as on the reference ones."""
     fast, ref = _model("reassociated", "auto"), _model("reference", "reference")
     ref.load_state_dict(fast.state_dict())
-    batch = [_prompt(2, 1, 128, 160), _prompt(5, 2, 96, 192)]
-    chunked = dict(_prompt(3, 3, 128, 128))
-    chunked["prompt_chunks"] = [_prompt(3, 4, 128, 128), _prompt(1, 5, 128, 128)]
+    batch = [random_prompt_input(2, 1, 128, 160), random_prompt_input(5, 2, 96, 192)]
+    chunked = dict(random_prompt_input(3, 3, 128, 128))
+    chunked["prompt_chunks"] = [
+        random_prompt_input(3, 4, 128, 128),
+        random_prompt_input(1, 5, 128, 128),
+    ]
     # Single images of other sizes: odd sides, and one whose coarsest level is 1x1.
-    singles = [[_prompt(4, 6, 200, 120)], [_prompt(2, 7, 75, 301)], [_prompt(3, 8, 33, 47)]]
+    singles = [
+        [random_prompt_input(4, 6, 200, 120)],
+        [random_prompt_input(2, 7, 75, 301)],
+        [random_prompt_input(3, 8, 33, 47)],
+    ]
     with torch.no_grad():
         for inputs in (batch, [chunked], *singles):
             a = fast(inputs)

@@ -7,6 +7,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from synthetic_inputs import model_input, prompt_tensors
 
 from glip_d2.config import add_glip_config
 from glip_d2.modeling.fusion import VLFuse
@@ -26,16 +27,8 @@ def tiny_model_cfg():
 
 
 def _prompt(num_entries=2):
-    """'[CLS] red circle . blue square [SEP]' style ids: entry k covers tokens 2k+1..2k+2."""
-    ids = torch.zeros(L, dtype=torch.long)
-    n = 3 * num_entries + 1
-    ids[:n] = torch.arange(1000, 1000 + n)
-    mask = torch.zeros(L, dtype=torch.long)
-    mask[:n] = 1
-    pmap = torch.zeros(num_entries, L, dtype=torch.bool)
-    for k in range(num_entries):
-        pmap[k, 3 * k + 1 : 3 * k + 3] = True
-    return ids, mask, pmap
+    """'[CLS] red circle . blue square [SEP]' style ids: entry k covers tokens 3k+1..3k+2."""
+    return prompt_tensors(num_entries, first_id=1000)
 
 
 def _item(boxes, classes, h=128, w=160, seed=0):
@@ -45,17 +38,17 @@ def _item(boxes, classes, h=128, w=160, seed=0):
     inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
     inst.gt_classes = torch.tensor(classes, dtype=torch.long)
     inst.gt_positive_map = pmap[inst.gt_classes] if len(classes) else pmap[:0]
-    return {
-        "image": torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8),
-        "height": h,
-        "width": w,
-        "input_ids": ids,
-        "attention_mask": mask,
-        "positive_map": pmap,
-        "prompt_class_ids": torch.tensor([4, 7]),
-        "phrases": ["red circle", "blue square"],
-        "instances": inst,
-    }
+    return model_input(
+        g,
+        h,
+        w,
+        ids,
+        mask,
+        pmap,
+        prompt_class_ids=torch.tensor([4, 7]),
+        phrases=["red circle", "blue square"],
+        instances=inst,
+    )
 
 
 def test_train_step_finite_losses_and_gradients(tiny_model_cfg):

@@ -9,6 +9,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from synthetic_inputs import model_input, prompt_tensors
 
 from glip_d2.config import add_glip_config
 from glip_d2.data.prompts import concept_id
@@ -36,14 +37,7 @@ def _cfg(region_word=1.0, mlm=1.0, **overrides):
 def _item(boxes, entries, names, *, phrase=False, seed=0, h=128, w=160, masked=()):
     """An input dict as the training mapper makes it: prompt entry k covers tokens 3k+1, 3k+2."""
     g = torch.Generator().manual_seed(seed)
-    n = 3 * len(names) + 1
-    ids = torch.zeros(L, dtype=torch.long)
-    ids[:n] = torch.arange(2000, 2000 + n)
-    mask = torch.zeros(L, dtype=torch.long)
-    mask[:n] = 1
-    pmap = torch.zeros(len(names), L, dtype=torch.bool)
-    for k in range(len(names)):
-        pmap[k, 3 * k + 1 : 3 * k + 3] = True
+    ids, mask, pmap = prompt_tensors(len(names), first_id=2000)
     inst = Instances((h, w))
     inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
     entry = torch.tensor(entries, dtype=torch.long)
@@ -54,22 +48,22 @@ def _item(boxes, entries, names, *, phrase=False, seed=0, h=128, w=160, masked=(
     for pos in masked:
         labels[pos] = ids[pos]
         mlm_ids[pos] = MASK_ID
-    return {
-        "image": torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8),
-        "height": h,
-        "width": w,
-        "image_id": seed,
-        "input_ids": ids,
-        "attention_mask": mask,
-        "positive_map": pmap,
-        "prompt_class_ids": torch.arange(len(names)),
-        "phrases": list(names),
-        "prompt_concepts": torch.tensor([concept_id(t) for t in names]),
-        "prompt_is_phrase": torch.full((len(names),), phrase),
-        "mlm_input_ids": mlm_ids,
-        "mlm_labels": labels,
-        "instances": inst,
-    }
+    return model_input(
+        g,
+        h,
+        w,
+        ids,
+        mask,
+        pmap,
+        image_id=seed,
+        prompt_class_ids=torch.arange(len(names)),
+        phrases=list(names),
+        prompt_concepts=torch.tensor([concept_id(t) for t in names]),
+        prompt_is_phrase=torch.full((len(names),), phrase),
+        mlm_input_ids=mlm_ids,
+        mlm_labels=labels,
+        instances=inst,
+    )
 
 
 def _batch():

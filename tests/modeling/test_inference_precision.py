@@ -1,48 +1,18 @@
 """TEST.PRECISION: fp16 / bf16 autocast inference against fp32, and the detection comparison
 that reports the difference."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from synthetic_inputs import random_prompt_input, tiny_model
 
-from glip_d2.config import add_glip_config
 from glip_d2.utils.detection_diff import compare_detections
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _model(precision, device="cpu"):
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(str(ROOT / "configs" / "quick_schedules" / "glip_tiny.yaml"))
-    cfg.MODEL.DEVICE = device
-    cfg.MODEL.ATSS.INFERENCE_TH = 0.0  # random weights: keep the top 100 anyway
-    cfg.TEST.PRECISION = precision
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
-
-
-def _inputs(n_entries, seed, h, w):
-    g = torch.Generator().manual_seed(seed)
-    n = 3 * n_entries + 1
-    ids = torch.zeros(256, dtype=torch.long)
-    ids[:n] = torch.randint(1000, 5000, (n,), generator=g)
-    attn = torch.zeros(256, dtype=torch.long)
-    attn[:n] = 1
-    pmap = torch.zeros(n_entries, 256, dtype=torch.bool)
-    for k in range(n_entries):
-        pmap[k, 3 * k + 1 : 3 * k + 3] = True
-    return {
-        "image": torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8),
-        "height": h,
-        "width": w,
-        "input_ids": ids,
-        "attention_mask": attn,
-        "positive_map": pmap,
-    }
+    # random weights: INFERENCE_TH 0 keeps the top 100 anyway
+    return tiny_model(
+        **{"MODEL.DEVICE": device, "MODEL.ATSS.INFERENCE_TH": 0.0, "TEST.PRECISION": precision}
+    )
 
 
 def _diff(a, b):
@@ -62,7 +32,7 @@ def test_autocast_inference_stays_close_to_fp32(precision):
     low = _model(precision)
     low.load_state_dict(ref.state_dict())
     # Two prompts of different lengths batched (padding) and an image of another size.
-    batch = [_inputs(4, 1, 192, 256), _inputs(2, 2, 192, 256)]
+    batch = [random_prompt_input(4, 1, 192, 256), random_prompt_input(2, 2, 192, 256)]
     with torch.no_grad():
         expected = [x["instances"] for x in ref(batch)]
         got = [x["instances"] for x in low(batch)]
@@ -87,7 +57,7 @@ def test_autocast_inference_on_cuda(precision):
     ref = _model("fp32", "cuda")
     low = _model(precision, "cuda")
     low.load_state_dict(ref.state_dict())
-    batch = [_inputs(4, 1, 192, 256)]
+    batch = [random_prompt_input(4, 1, 192, 256)]
     with torch.no_grad():
         a = ref(batch)[0]["instances"].to("cpu")
         b = low(batch)[0]["instances"].to("cpu")

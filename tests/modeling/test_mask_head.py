@@ -13,6 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
 from detectron2.structures import Boxes, Instances, PolygonMasks
+from synthetic_inputs import model_input, prompt_tensors
 from torchvision.ops import roi_align
 
 from glip_d2.config import add_glip_config
@@ -171,14 +172,7 @@ def test_mask_loss_equals_an_independent_computation(box_only):
 
 def _item(boxes, n_entries=2, h=96, w=128, seed=0, masks=None, valid=None):
     g = torch.Generator().manual_seed(seed)
-    n = 3 * n_entries + 1
-    ids = torch.zeros(L, dtype=torch.long)
-    ids[:n] = torch.arange(2000, 2000 + n)
-    attn = torch.zeros(L, dtype=torch.long)
-    attn[:n] = 1
-    pmap = torch.zeros(n_entries, L, dtype=torch.bool)
-    for k in range(n_entries):
-        pmap[k, 3 * k + 1 : 3 * k + 3] = True
+    ids, attn, pmap = prompt_tensors(n_entries, first_id=2000)
     inst = Instances((h, w))
     inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
     entries = torch.arange(len(boxes)) % n_entries
@@ -188,18 +182,18 @@ def _item(boxes, n_entries=2, h=96, w=128, seed=0, masks=None, valid=None):
         inst.gt_masks = masks
     if valid is not None:
         inst.gt_mask_valid = valid
-    return {
-        "image": torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8),
-        "height": h,
-        "width": w,
-        "image_id": seed,
-        "input_ids": ids,
-        "attention_mask": attn,
-        "positive_map": pmap,
-        "prompt_class_ids": torch.arange(n_entries),
-        "phrases": [f"thing {k}" for k in range(n_entries)],
-        "instances": inst,
-    }
+    return model_input(
+        g,
+        h,
+        w,
+        ids,
+        attn,
+        pmap,
+        image_id=seed,
+        prompt_class_ids=torch.arange(n_entries),
+        phrases=[f"thing {k}" for k in range(n_entries)],
+        instances=inst,
+    )
 
 
 @pytest.mark.parametrize("proposals", ["atss+gt", "gt"])

@@ -1,48 +1,20 @@
 """TEST.TEXT_CACHE_SIZE: the language features of a repeated prompt are computed once, and
 never reused after the language weights change."""
 
-from pathlib import Path
-
 import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-
-from glip_d2.config import add_glip_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from synthetic_inputs import model_input, prompt_tensors, tiny_model
 
 
 def _model(cache_size):
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(str(ROOT / "configs" / "quick_schedules" / "glip_tiny.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.ATSS.INFERENCE_TH = 0.0
-    cfg.TEST.TEXT_CACHE_SIZE = cache_size
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = tiny_model(**{"MODEL.ATSS.INFERENCE_TH": 0.0, "TEST.TEXT_CACHE_SIZE": cache_size})
     calls = []
     model.language_backbone.register_forward_hook(lambda *a: calls.append(1))
     return model, calls
 
 
 def _inputs(seed, ids_seed):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.Generator().manual_seed(ids_seed)
-    ids = torch.zeros(256, dtype=torch.long)
-    ids[:7] = torch.randint(1000, 5000, (7,), generator=t)
-    attn = torch.zeros(256, dtype=torch.long)
-    attn[:7] = 1
-    pmap = torch.zeros(2, 256, dtype=torch.bool)
-    pmap[0, 1:3] = pmap[1, 4:6] = True
-    return {
-        "image": torch.randint(0, 255, (3, 96, 128), generator=g, dtype=torch.uint8),
-        "height": 96,
-        "width": 128,
-        "input_ids": ids,
-        "attention_mask": attn,
-        "positive_map": pmap,
-    }
+    ids, attn, pmap = prompt_tensors(2, generator=torch.Generator().manual_seed(ids_seed))
+    return model_input(torch.Generator().manual_seed(seed), 96, 128, ids, attn, pmap)
 
 
 def _same(a, b):
