@@ -215,6 +215,15 @@ def add_glip_config(cfg: CN) -> None:
     _C.INPUT.PROMPT.ON_BAD_SPAN = "repair"
     # An unreadable training image: "error" (raise naming the file) or "skip" (warn, next image).
     _C.INPUT.ON_BAD_IMAGE = "error"
+    # Training on pseudo-labels (tools/pseudo_label.py writes a "score" into every box it makes;
+    # gold boxes have none and are never dropped or weighted).
+    _C.INPUT.PSEUDO_LABELS = CN()
+    # Drop boxes scoring below this when mapping a training image (0: keep all). In a caption
+    # whose boxes are all dropped, the phrase's tokens are then negatives, as any unlabelled text.
+    _C.INPUT.PSEUDO_LABELS.MIN_SCORE = 0.0
+    # Weight each scored box's losses (token alignment, GIoU and centerness at the anchors ATSS
+    # assigns to it) by its score; negative anchors keep weight 1.
+    _C.INPUT.PSEUDO_LABELS.SCORE_WEIGHTING = False
 
     _C.INPUT.MIN_SIZE_TRAIN = (480, 560, 640, 720, 800)
     _C.INPUT.MAX_SIZE_TRAIN = 1333
@@ -276,3 +285,14 @@ def add_glip_config(cfg: CN) -> None:
     _C.TEST.VISUALIZE = CN()
     _C.TEST.VISUALIZE.NUM_IMAGES = 0
     _C.TEST.VISUALIZE.SCORE_THRESH = 0.3
+
+    # ---------------------------------------------------------------- auto-labelling
+    # tools/pseudo_label.py (glip_d2.autolabel.LabelSettings, which documents the reasons for
+    # these defaults): boxes kept per phrase (captions) or class (ontology) and image.
+    _C.AUTOLABEL = CN()
+    _C.AUTOLABEL.SCORE_THRESHOLD = 0.5
+    _C.AUTOLABEL.NMS_IOU = 0.5
+    _C.AUTOLABEL.TOPK = 10
+    # Images per shard (the unit of resuming) and a progress line every LOG_EVERY images.
+    _C.AUTOLABEL.SHARD_SIZE = 64
+    _C.AUTOLABEL.LOG_EVERY = 50

@@ -26,8 +26,10 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import cv2
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 from detectron2.utils import comm
 from torchvision.ops import batched_nms
+from tqdm import tqdm
 
 __all__ = [
     "DEFAULT_LOG_EVERY",
@@ -43,6 +46,7 @@ __all__ = [
     "DEFAULT_SHARD_SIZE",
     "DEFAULT_TOPK",
     "IMAGE_EXTENSIONS",
+    "LabelSettings",
     "filter_detections",
     "label_captions",
     "label_ontology",
@@ -78,6 +82,35 @@ _SHARD_DIR = "shards"
 _FORMAT_VERSION = 1
 
 Teacher = Callable[..., Dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """How boxes are kept and how the work is split; ``cfg.AUTOLABEL`` holds the same values.
+
+    Attributes:
+        score_threshold (float): keep boxes scoring at least this.
+        nms_iou (float): NMS IoU within a phrase (captions) or class (ontology); ``>= 1``: none.
+        topk (int): at most this many boxes per phrase or class and image; ``<= 0``: no limit.
+        shard_size (int): items per shard (changing it starts a new run).
+        log_every (int): a progress line every this many images per process; 0: none.
+    """
+
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    nms_iou: float = DEFAULT_NMS_IOU
+    topk: int = DEFAULT_TOPK
+    shard_size: int = DEFAULT_SHARD_SIZE
+    log_every: int = DEFAULT_LOG_EVERY
+
+    @classmethod
+    def from_config(cls, cfg) -> LabelSettings:
+        """The settings of ``cfg.AUTOLABEL`` (see :func:`glip_d2.config.add_glip_config`)."""
+        a = cfg.AUTOLABEL
+        return cls(a.SCORE_THRESHOLD, a.NMS_IOU, a.TOPK, a.SHARD_SIZE, a.LOG_EVERY)
+
+    def filter_args(self) -> Dict[str, Any]:
+        """The keyword arguments of :func:`filter_detections`: what decides the output."""
+        return {"score_threshold": self.score_threshold, "nms_iou": self.nms_iou, "topk": self.topk}
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -246,7 +279,7 @@ def _detections(output: Dict[str, Any], groups_of_class: Optional[Sequence[int]]
     boxes = inst.pred_boxes.tensor if hasattr(inst.pred_boxes, "tensor") else inst.pred_boxes
     classes = inst.pred_classes.long().cpu()
     groups = classes if groups_of_class is None else torch.as_tensor(groups_of_class)[classes]
-    keep = filter_detections(boxes, inst.scores, groups, **settings)
+    keep = filter_detections(boxes, inst.scores, groups, **settings.filter_args())
     boxes, scores = boxes.detach().float().cpu(), inst.scores.detach().float().cpu()
     result = []
     for i in keep:
@@ -335,15 +368,28 @@ def _process_shards(
         logger.info(f"Resuming: {len(mine) - len(todo)} of {len(mine)} shards already written")
     total = sum(len(items[i * shard_size : (i + 1) * shard_size]) for i in todo)
     done, start = 0, time.perf_counter()
-    for i in todo:
-        results = []
-        for j in range(i * shard_size, min((i + 1) * shard_size, len(items))):
-            results.append(process_item(j, items[j]))
-            done += 1
-            if log_every > 0 and (done % log_every == 0 or done == total):
-                rate = done / max(time.perf_counter() - start, 1e-9)
-                logger.info(f"[rank {rank}] {done}/{total} images, {rate:.2f} images/s")
-        _atomic_write_json(_shard_path(output_dir, i), {"key": key, "shard": i, "results": results})
+    # A bar on the terminal (each rank its own line), log lines for log files.
+    bar = tqdm(
+        total=total,
+        desc=f"pseudo-labelling [rank {rank}]",
+        unit="img",
+        position=comm.get_local_rank(),
+        disable=total == 0 or not sys.stderr.isatty(),
+        leave=comm.get_local_rank() == 0,
+    )
+    with bar:
+        for i in todo:
+            results = []
+            for j in range(i * shard_size, min((i + 1) * shard_size, len(items))):
+                results.append(process_item(j, items[j]))
+                done += 1
+                bar.update(1)
+                if log_every > 0 and (done % log_every == 0 or done == total):
+                    rate = done / max(time.perf_counter() - start, 1e-9)
+                    logger.info(f"[rank {rank}] {done}/{total} images, {rate:.2f} images/s")
+            _atomic_write_json(
+                _shard_path(output_dir, i), {"key": key, "shard": i, "results": results}
+            )
 
 
 def _gather_results(output_dir: str, key: str, num_items: int, shard_size: int):
@@ -367,14 +413,18 @@ def _read_image(path: str) -> Optional[np.ndarray]:
     return image
 
 
-def _run(mode, items, process_item, output_dir, settings, shard_size, log_every, merge):
-    key = _run_key(mode, items, settings, shard_size)
+def _run(mode, items, process_item, output_dir, key_settings, settings: LabelSettings, merge):
+    """Process the shards (each rank its share), then merge them on rank 0.
+
+    ``key_settings``: everything besides the items that decides the output; a run whose key
+    differs from the shards' refuses to mix with them."""
+    key = _run_key(mode, items, key_settings, settings.shard_size)
     os.makedirs(os.path.join(output_dir, _SHARD_DIR), exist_ok=True)
-    _process_shards(items, process_item, output_dir, key, shard_size, log_every)
+    _process_shards(items, process_item, output_dir, key, settings.shard_size, settings.log_every)
     comm.synchronize()
     out = None
     if comm.is_main_process():
-        results = _gather_results(output_dir, key, len(items), shard_size)
+        results = _gather_results(output_dir, key, len(items), settings.shard_size)
         out = merge(results)
     comm.synchronize()
     return out
@@ -407,12 +457,8 @@ def label_captions(
     records: Sequence[Mapping[str, Any]],
     image_root: str,
     output_dir: str,
+    settings: Optional[LabelSettings] = None,
     *,
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    nms_iou: float = DEFAULT_NMS_IOU,
-    topk_per_phrase: int = DEFAULT_TOPK,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    log_every: int = DEFAULT_LOG_EVERY,
     spacy_model: Optional[str] = None,
     output_name: str = "pseudo_labels.json",
 ) -> Optional[str]:
@@ -428,9 +474,8 @@ def label_captions(
             :func:`load_caption_records`); ``file_name`` is relative to ``image_root``.
         image_root (str): the image folder.
         output_dir (str): gets ``shards/``, ``output_name`` and ``summary.json``.
-        score_threshold, nms_iou, topk_per_phrase: see :func:`filter_detections`.
-        shard_size (int): records per shard (changing it starts a new run).
-        log_every (int): a progress line every this many images per process; 0: none.
+        settings (LabelSettings): box filter (per phrase) and sharding; default
+            ``LabelSettings()``.
         spacy_model (str): for records without ``phrase_spans``, the spaCy pipeline that finds
             their noun phrases; default: the teacher's ``cfg.INPUT.PROMPT.SPACY_MODEL`` or
             ``en_core_web_sm``.
@@ -449,7 +494,7 @@ def label_captions(
         cfg = getattr(teacher, "cfg", None)
         spacy_model = cfg.INPUT.PROMPT.SPACY_MODEL if cfg is not None else "en_core_web_sm"
     items = [_check_caption_record(dict(r), f"record {i}") for i, r in enumerate(records)]
-    settings = {"score_threshold": score_threshold, "nms_iou": nms_iou, "topk": topk_per_phrase}
+    settings = settings or LabelSettings()
 
     def process(j: int, rec: Dict[str, Any]) -> Dict[str, Any]:
         base = {"index": j, "file_name": rec["file_name"], "caption": rec["caption"]}
@@ -512,11 +557,12 @@ def label_captions(
             "annotations": annotations,
             "categories": [{"id": 1, "name": "object"}],
         }
-        summary = {"mode": "captions", "annotations": len(annotations), **settings}
+        summary = {"mode": "captions", "annotations": len(annotations), **settings.filter_args()}
         _skip(results, summary)
         return _write_outputs(output_dir, output_name, data, summary)
 
-    return _run("captions", items, process, output_dir, settings, shard_size, log_every, merge)
+    key_settings = {**settings.filter_args(), "spacy_model": spacy_model}
+    return _run("captions", items, process, output_dir, key_settings, settings, merge)
 
 
 def _write_outputs(output_dir, output_name, data, summary) -> str:
@@ -542,13 +588,9 @@ def label_ontology(
     image_root: str,
     ontology: Mapping[str, str],
     output_dir: str,
+    settings: Optional[LabelSettings] = None,
     *,
     images: Optional[Sequence[str]] = None,
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    nms_iou: float = DEFAULT_NMS_IOU,
-    topk_per_class: int = DEFAULT_TOPK,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    log_every: int = DEFAULT_LOG_EVERY,
     yolo_dir: Optional[str] = None,
     output_name: str = "pseudo_labels.json",
 ) -> Optional[str]:
@@ -564,8 +606,8 @@ def label_ontology(
             prompts are given to the teacher as one list (it chunks large vocabularies).
         output_dir (str): gets ``shards/``, ``output_name`` and ``summary.json``.
         images: relative image paths; default :func:`list_images` of ``image_root``.
-        score_threshold, nms_iou, topk_per_class: see :func:`filter_detections`; NMS and
-            top-k are per class (boxes of prompts of one class compete).
+        settings (LabelSettings): box filter and sharding; NMS and top-k are per class
+            (boxes of prompts of one class compete). Default ``LabelSettings()``.
         yolo_dir (str): also write YOLO labels there (see :func:`write_yolo_labels`).
 
     Returns:
@@ -580,8 +622,8 @@ def label_ontology(
     classes = sorted(set(ontology.values()))
     class_of_prompt = [classes.index(ontology[p]) for p in prompts]
     items = list(images) if images is not None else list_images(image_root)
-    settings = {"score_threshold": score_threshold, "nms_iou": nms_iou, "topk": topk_per_class}
-    key_settings = {**settings, "ontology": [[p, ontology[p]] for p in prompts]}
+    settings = settings or LabelSettings()
+    key_settings = {**settings.filter_args(), "ontology": [[p, ontology[p]] for p in prompts]}
 
     def process(j: int, file_name: str) -> Dict[str, Any]:
         image = _read_image(os.path.join(image_root, file_name))
@@ -632,14 +674,14 @@ def label_ontology(
             "annotations": annotations,
             "categories": [{"id": k + 1, "name": n} for k, n in enumerate(classes)],
         }
-        summary = {"mode": "ontology", "annotations": len(annotations), **settings}
+        summary = {"mode": "ontology", "annotations": len(annotations), **settings.filter_args()}
         _skip(results, summary)
         path = _write_outputs(output_dir, output_name, data, summary)
         if yolo_dir is not None:
             write_yolo_labels(data, yolo_dir)
         return path
 
-    return _run("ontology", items, process, output_dir, key_settings, shard_size, log_every, merge)
+    return _run("ontology", items, process, output_dir, key_settings, settings, merge)
 
 
 def write_yolo_labels(coco: Mapping[str, Any], yolo_dir: str) -> None:

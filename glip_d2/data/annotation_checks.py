@@ -69,6 +69,7 @@ __all__ = [
     "SEGM_REPAIRED",
     "BoxCheck",
     "InvalidBoxReport",
+    "check_annotation_score",
     "SegmentationCheck",
     "SegmentationReport",
     "check_annotation_box",
@@ -148,6 +149,22 @@ def check_box(
     if (x1, y1, x2, y2) != (x, y, x + w, y + h):
         return BoxCheck([x1, y1, x2 - x1, y2 - y1], CLIPPED)
     return BoxCheck([x, y, w, h], None)
+
+
+def check_annotation_score(ann: Mapping[str, Any], where: str) -> float:
+    """The ``score`` of a pseudo-labelled annotation, a finite number in [0, 1].
+
+    Raises:
+        ValueError: anything else (names the dataset and the annotation id).
+    """
+    score = ann.get("score")
+    ok = isinstance(score, (int, float)) and not isinstance(score, bool)
+    if not ok or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+        raise ValueError(
+            f"{where}: annotation {ann.get('id')} has score {score!r}; a pseudo-label score "
+            "must be a number in [0, 1]"
+        )
+    return float(score)
 
 
 def check_annotation_box(

@@ -8,7 +8,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
-from glip_d2.autolabel import label_captions, label_ontology
+from glip_d2.autolabel import LabelSettings, label_captions, label_ontology
 from glip_d2.data.datasets.mdetr_grounding import load_mdetr_grounding_json
 
 
@@ -59,9 +59,7 @@ def test_captions_resume_and_corrupt_image(tmp_path, caplog):
         records,
         str(tmp_path / "img"),
         str(tmp_path / "a"),
-        shard_size=2,
-        topk_per_phrase=2,
-        score_threshold=0.5,
+        LabelSettings(shard_size=2, topk=2, score_threshold=0.5),
     )
     data = json.loads(open(full).read())
     recs = load_mdetr_grounding_json(full, str(tmp_path / "img"))
@@ -84,8 +82,7 @@ def test_captions_resume_and_corrupt_image(tmp_path, caplog):
             records,
             str(tmp_path / "img"),
             str(tmp_path / "b"),
-            shard_size=2,
-            topk_per_phrase=2,
+            LabelSettings(shard_size=2, topk=2),
         )
     teacher = FakeTeacher()
     resumed = label_captions(
@@ -93,8 +90,7 @@ def test_captions_resume_and_corrupt_image(tmp_path, caplog):
         records,
         str(tmp_path / "img"),
         str(tmp_path / "b"),
-        shard_size=2,
-        topk_per_phrase=2,
+        LabelSettings(shard_size=2, topk=2),
     )
     # shard 0 (images 0-1) was written before the kill; shards 1 (2-3) and 2 (4, bad) rerun
     assert teacher.calls == 3
@@ -111,8 +107,8 @@ def test_ontology_coco_and_yolo(tmp_path):
         str(tmp_path / "img"),
         onto,
         str(tmp_path / "o"),
+        LabelSettings(score_threshold=0.4),
         yolo_dir=str(tmp_path / "y"),
-        score_threshold=0.4,
     )
     coco = COCO(path)
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["horse", "zebra"]

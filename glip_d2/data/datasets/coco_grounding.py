@@ -22,6 +22,7 @@ from ..annotation_checks import (
     InvalidBoxReport,
     SegmentationReport,
     check_annotation_box,
+    check_annotation_score,
     check_annotation_segmentation,
     report_invalid_boxes,
     report_segmentations,
@@ -179,6 +180,8 @@ def load_coco_grounding_json(
             "category_id": id_map[ann["category_id"]],
             "iscrowd": int(ann.get("iscrowd", 0)),
         }
+        if "score" in ann:  # a pseudo-label's teacher score (tools/pseudo_label.py)
+            out["score"] = check_annotation_score(ann, where)
         segm = check_annotation_segmentation(ann, record, segm_report, where)
         if segm is not None:
             out["segmentation"] = segm

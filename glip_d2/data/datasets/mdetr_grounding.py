@@ -27,6 +27,7 @@ from ..annotation_checks import (
     InvalidBoxReport,
     SegmentationReport,
     check_annotation_box,
+    check_annotation_score,
     check_annotation_segmentation,
     report_invalid_boxes,
     report_segmentations,
@@ -167,6 +168,8 @@ def load_mdetr_grounding_json(
         }
         if "phrase_ids" in ann:
             out["phrase_ids"] = ann["phrase_ids"]
+        if "score" in ann:  # a pseudo-label's teacher score (tools/pseudo_label.py)
+            out["score"] = check_annotation_score(ann, where)
         segm = check_annotation_segmentation(ann, record, segm_report, where)
         if segm is not None:
             out["segmentation"] = segm

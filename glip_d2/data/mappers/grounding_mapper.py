@@ -208,6 +208,8 @@ class GroundingDatasetMapper:
         mask_on: bool = False,
         mask_format: str = "polygon",
         box_only_annotations: str = "skip",
+        pseudo_min_score: float = 0.0,
+        pseudo_score_weighting: bool = False,
     ):
         """
         Args:
@@ -237,7 +239,18 @@ class GroundingDatasetMapper:
                 (``MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS``), the mask of an annotation
                 without ``segmentation``: a placeholder with ``gt_mask_valid`` False, or its
                 box.
+            pseudo_min_score (float): training only: drop annotations whose ``score`` (a
+                teacher's pseudo-label score) is below this; annotations without a score are
+                gold and always kept (``INPUT.PSEUDO_LABELS.MIN_SCORE``).
+            pseudo_score_weighting (bool): training only: add ``gt_weights`` (N,) to the
+                instances, each box's ``score`` or 1 for gold boxes, by which the criterion
+                weights the box's losses (``INPUT.PSEUDO_LABELS.SCORE_WEIGHTING``).
         """
+        if not 0.0 <= pseudo_min_score <= 1.0:
+            raise ValueError(
+                "INPUT.PSEUDO_LABELS.MIN_SCORE (pseudo_min_score) must be in [0, 1], got "
+                f"{pseudo_min_score}"
+            )
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
         if on_bad_span not in ("repair", "error"):
@@ -279,6 +292,8 @@ class GroundingDatasetMapper:
         self.mask_on = bool(mask_on)
         self.mask_format = mask_format
         self.box_only_annotations = box_only_annotations
+        self.pseudo_min_score = float(pseudo_min_score)
+        self.pseudo_score_weighting = bool(pseudo_score_weighting)
         self._warned_no_visit = False
         self._vocabularies: Dict[str, _Vocabulary] = {}
         self._span_warnings = 0
@@ -318,6 +333,8 @@ class GroundingDatasetMapper:
             "mask_on": cfg.MODEL.MASK_ON,
             "mask_format": cfg.INPUT.MASK_FORMAT,
             "box_only_annotations": cfg.MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS,
+            "pseudo_min_score": cfg.INPUT.PSEUDO_LABELS.MIN_SCORE,
+            "pseudo_score_weighting": cfg.INPUT.PSEUDO_LABELS.SCORE_WEIGHTING,
         }
 
     @property
@@ -350,7 +367,10 @@ class GroundingDatasetMapper:
         d.setdefault("width", width)
 
         annos = [a for a in d.pop("annotations", []) if not a.get("iscrowd", 0)]
+        if self.is_train and self.pseudo_min_score > 0:
+            annos = [a for a in annos if a.get("score", 1.0) >= self.pseudo_min_score]
         boxes, annos = self._clip_boxes(annos, height, width, d)
+        annos_all = annos  # aligned with the rows of box_maps (before ``keep``)
         if "caption" in d:
             targets = self._grounding_prompt(d, annos)
         else:
@@ -377,6 +397,9 @@ class GroundingDatasetMapper:
             instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)[keep]
             instances.gt_positive_map = box_maps[keep]
             instances.gt_prompt_entry = torch.as_tensor(targets.rows, dtype=torch.int64)[keep]
+            if self.pseudo_score_weighting:
+                scores = [float(a.get("score", 1.0)) for a in annos_all]
+                instances.gt_weights = torch.tensor(scores, dtype=torch.float32).reshape(-1)[keep]
             if with_masks:
                 instances.gt_masks, instances.gt_mask_valid = self._gt_masks(
                     annos, transforms, image_size, gt_boxes

@@ -9,7 +9,7 @@ one small ``LossTerm`` subclass and one weight.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,6 +45,29 @@ class CriterionInputs:
     num_pos_avg: float
     cache: Dict[str, Any] = field(default_factory=dict)
 
+    def anchor_weights(self) -> Optional[torch.Tensor]:
+        """(B, A) loss weight of each anchor where the targets' instances carry ``gt_weights``
+        (pseudo-label scores, ``INPUT.PSEUDO_LABELS.SCORE_WEIGHTING``): a positive anchor gets
+        its assigned box's weight, every other anchor 1. None when no image has weights (the
+        official, unweighted losses)."""
+        if "anchor_weights" not in self.cache:
+            per_image = []
+            for t in self.targets:
+                inst = t.get("instances")
+                per_image.append(
+                    inst.gt_weights if inst is not None and inst.has("gt_weights") else None
+                )
+            weights = None
+            if any(w is not None for w in per_image):
+                matched, is_pos = self.assignment.matched, self.assignment.is_pos
+                weights = torch.ones(matched.shape, dtype=torch.float32, device=matched.device)
+                for i, w in enumerate(per_image):
+                    if w is not None and w.numel() > 0:
+                        w = w.to(device=matched.device, dtype=torch.float32)
+                        weights[i, is_pos[i]] = w[matched[i, is_pos[i]]]
+            self.cache["anchor_weights"] = weights
+        return self.cache["anchor_weights"]
+
 
 class LossTerm(nn.Module):
     """One named term; ``forward(inputs: CriterionInputs) -> {name: unweighted loss}``.
@@ -57,7 +80,8 @@ class LossTerm(nn.Module):
 
 class TokenAlignmentLoss(LossTerm):
     """GLIP's region-token alignment (L_intra): sigmoid focal loss on the dot-product logits
-    against the positive anchors' token maps, summed over real tokens, / positives (§7)."""
+    against the positive anchors' token maps, summed over real tokens, / positives (§7); with
+    pseudo-label weights, each anchor's terms times its weight."""
 
     names = ("loss_token",)
 
@@ -76,13 +100,15 @@ class TokenAlignmentLoss(LossTerm):
             inputs.num_pos_avg,
             focal_alpha=self.focal_alpha,
             focal_gamma=self.focal_gamma,
+            anchor_weights=inputs.anchor_weights(),
         )
         return {"loss_token": loss}
 
 
 class BoxLoss(LossTerm):
     """GLIP's localisation loss (L_loc): GIoU weighted by the centerness targets, and the
-    centerness BCE, on the positive anchors (§7)."""
+    centerness BCE, on the positive anchors (§7); with pseudo-label weights, each positive's
+    terms times its box's weight (the normalisers stay the official ones)."""
 
     names = ("loss_giou", "loss_centerness")
 
@@ -99,6 +125,7 @@ class BoxLoss(LossTerm):
             inputs.gt_boxes,
             self.box_coder,
             inputs.num_pos_avg,
+            anchor_weights=inputs.anchor_weights(),
         )
 
 

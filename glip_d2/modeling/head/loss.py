@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -95,15 +95,19 @@ def token_loss(
     *,
     focal_alpha: float,
     focal_gamma: float,
+    anchor_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Focal loss summed over (anchor, real token) pairs, divided by ``num_pos_avg``.
 
     Args:
         logits (Tensor): (B, A, L) dot-product logits; ``targets`` the same shape.
         text_masks (Tensor): (B, L) attention mask; only these tokens count.
+        anchor_weights (Tensor): optional (B, A) weight of each anchor's terms.
     """
     focal = token_sigmoid_focal_loss(logits.float(), targets, focal_alpha, focal_gamma)
     focal = focal * text_masks[:, None, :].to(focal.dtype)
+    if anchor_weights is not None:
+        focal = focal * anchor_weights[:, :, None].to(focal.dtype)
     return focal.sum() / num_pos_avg
 
 
@@ -115,12 +119,15 @@ def box_losses(
     gt_boxes: List[torch.Tensor],
     box_coder: GLIPBoxCoder,
     num_pos_avg: float,
+    anchor_weights: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """GIoU (weighted by the centerness targets) and centerness losses of the positives.
 
     Args:
         deltas (Tensor): (B, A, 4); ``centerness`` (B, A) logits; ``anchors`` (A, 4).
         gt_boxes: per image (G_i, 4) inclusive XYXY.
+        anchor_weights (Tensor): optional (B, A) weights; each positive's GIoU and centerness
+            terms are multiplied by its weight (the normalisers are unchanged).
 
     Returns:
         dict: ``loss_giou`` (unweighted), ``loss_centerness``.
@@ -144,9 +151,12 @@ def box_losses(
     ctr_targets = centerness_targets(gt_decoded, pos_anchors)
     ctr_sum_avg = _global_mean(ctr_targets.sum().detach())
     pred = box_coder.decode(pos_deltas, pos_anchors)
-    loss_giou = giou_loss_sum(pred, gt_decoded, ctr_targets) / ctr_sum_avg
+    pos_w = None if anchor_weights is None else anchor_weights[pos_mask].to(ctr_targets.dtype)
+    giou_w = ctr_targets if pos_w is None else ctr_targets * pos_w
+    loss_giou = giou_loss_sum(pred, gt_decoded, giou_w) / ctr_sum_avg
     loss_ctr = (
-        F.binary_cross_entropy_with_logits(pos_ctr, ctr_targets, reduction="sum") / num_pos_avg
+        F.binary_cross_entropy_with_logits(pos_ctr, ctr_targets, weight=pos_w, reduction="sum")
+        / num_pos_avg
     )
     return {"loss_giou": loss_giou, "loss_centerness": loss_ctr}
 
