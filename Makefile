@@ -2,13 +2,17 @@
 PY := .venv/bin/python
 OUT ?= output/quickstart
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean self-training
 
 install:
 	bash tools/install.sh
 
 demo: install
 	$(PY) train_net.py --config-file configs/quickstart/glip_tiny_shapes.yaml OUTPUT_DIR $(OUT)
+
+# The self-training reproduction (README "Self-training and auto-labelling"), about 25 min.
+self-training: install
+	$(PY) tools/self_training.py --out output/self_training
 
 test: install
 	$(PY) -m pytest -q tests
