@@ -46,19 +46,24 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="output/self_training", help="output folder")
     p.add_argument("--config-file", default="configs/quickstart/glip_tiny_shapes.yaml")
-    p.add_argument("--num-gold", type=int, default=32, help="gold images (of 256)")
+    p.add_argument("--num-gold", type=int, default=64, help="gold images (of 256)")
     p.add_argument("--omit-prob", type=float, default=0.2, help="caption omits an object group")
     p.add_argument("--absent-prob", type=float, default=0.3, help="caption names an absent object")
-    p.add_argument("--teacher-iters", type=int, default=1200)
+    p.add_argument("--teacher-iters", type=int, default=2400)
     p.add_argument("--student-iters", type=int, default=1200)
     p.add_argument(
         "--pseudo-images",
-        default="0,56,112,224",
+        default="0,96,192",
         help="comma-separated numbers of pseudo-labelled images, one student each",
     )
     p.add_argument("--score-threshold", type=float, default=0.3, help="AUTOLABEL.SCORE_THRESHOLD")
     p.add_argument("--min-score", type=float, default=0.0, help="INPUT.PSEUDO_LABELS.MIN_SCORE")
-    p.add_argument("--score-weighting", action="store_true", help="weight pseudo boxes by score")
+    p.add_argument(
+        "--score-weighting",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="INPUT.PSEUDO_LABELS.SCORE_WEIGHTING: weight each pseudo box's losses by its score",
+    )
     p.add_argument("--init", choices=("teacher", "scratch"), default="teacher")
     p.add_argument(
         "--detection-share",
