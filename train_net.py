@@ -18,13 +18,14 @@ import glip_d2  # noqa: F401
 import detectron2.utils.comm as comm
 import torch
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from glip_d2.config import add_glip_config
 from glip_d2.data import register_datasets_from_cfg
 from glip_d2.engine import GLIPTrainer
+from glip_d2.engine.launch import launch_from_args
 from glip_d2.utils.checkpoint import GLIPCheckpointer
 
 
@@ -72,14 +73,7 @@ def main(args):
 
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)
 
 
 if __name__ == "__main__":

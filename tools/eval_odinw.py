@@ -19,7 +19,7 @@ from typing import Dict, Mapping, Sequence
 
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
@@ -27,6 +27,7 @@ from tabulate import tabulate
 from glip_d2.config import add_glip_config
 from glip_d2.data.datasets.odinw import ODINW_13_TASKS, ODINW_35_TASKS, odinw_dataset_name
 from glip_d2.engine import GLIPTrainer
+from glip_d2.engine.launch import launch_from_args
 from glip_d2.evaluation import build_evaluator
 from glip_d2.utils.checkpoint import GLIPCheckpointer
 
@@ -111,14 +112,7 @@ def invoke_main() -> None:
         "--task-names", default="", help="comma-separated subset of the tasks (default: all)"
     )
     args = parser.parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)
 
 
 if __name__ == "__main__":

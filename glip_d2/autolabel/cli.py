@@ -26,11 +26,12 @@ from typing import Optional
 
 import torch
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_glip_config
+from ..engine.launch import launch_from_args
 from .core import LabelSettings, label_captions, label_ontology, load_caption_records, load_ontology
 
 __all__ = ["build_parser", "setup", "main", "invoke_main"]
@@ -129,11 +130,4 @@ def invoke_main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.eval_only or args.resume:
         raise SystemExit("--eval-only and --resume do not apply; rerunning resumes by itself")
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)
