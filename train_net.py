@@ -16,7 +16,6 @@ import glip_d2  # noqa: F401
 
 # isort: split
 import detectron2.utils.comm as comm
-import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -25,7 +24,7 @@ from detectron2.utils.logger import setup_logger
 from glip_d2.config import add_glip_config
 from glip_d2.data import register_datasets_from_cfg
 from glip_d2.engine import GLIPTrainer
-from glip_d2.engine.launch import launch_from_args
+from glip_d2.engine.launch import cpu_fallback, launch_from_args, share_cpu_threads
 from glip_d2.utils.checkpoint import GLIPCheckpointer
 
 
@@ -34,18 +33,10 @@ def setup(args):
     add_glip_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger("glip_d2").warning("CUDA is not available: running on CPU")
-        cfg.MODEL.DEVICE = "cpu"
+    cpu_fallback(cfg)
     cfg.freeze()
     default_setup(cfg, args)
-    if (
-        cfg.MODEL.DEVICE == "cpu"
-        and comm.get_local_size() > 1
-        and "OMP_NUM_THREADS" not in os.environ
-    ):
-        # Several training processes on one CPU machine share its cores.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+    share_cpu_threads(cfg)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
     # Here, not in invoke_main: launch runs main in every process.
     register_datasets_from_cfg(cfg)

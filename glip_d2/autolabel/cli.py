@@ -24,14 +24,13 @@ import logging
 import os
 from typing import Optional
 
-import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_glip_config
-from ..engine.launch import launch_from_args
+from ..engine.launch import cpu_fallback, launch_from_args, share_cpu_threads
 from .core import LabelSettings, label_captions, label_ontology, load_caption_records, load_ontology
 
 __all__ = ["build_parser", "setup", "main", "invoke_main"]
@@ -65,25 +64,14 @@ def setup(args: argparse.Namespace):
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        if torch.cuda.is_available():
-            cfg.MODEL.DEVICE = f"cuda:{comm.get_local_rank()}"
-        else:
-            logging.getLogger("glip_d2").warning("CUDA is not available: running on CPU")
-            cfg.MODEL.DEVICE = "cpu"
+    cpu_fallback(cfg)
     if not cfg.MODEL.WEIGHTS:
         raise ValueError(
             "MODEL.WEIGHTS is empty: pseudo-labelling needs a trained teacher (an official GLIP "
             ".pth or a glip_d2 checkpoint); add 'MODEL.WEIGHTS path/to/teacher.pth'"
         )
     cfg.freeze()
-    if (
-        cfg.MODEL.DEVICE == "cpu"
-        and comm.get_local_size() > 1
-        and "OMP_NUM_THREADS" not in os.environ
-    ):
-        # Several labelling processes on one CPU machine share its cores.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+    share_cpu_threads(cfg)
     return cfg
 
 

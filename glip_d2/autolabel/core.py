@@ -519,53 +519,60 @@ def label_captions(
         dets = _detections(output, None, settings)
         return {**base, "status": "ok", "height": h, "width": w, "spans": spans, "dets": dets}
 
+    def image_fields(r):
+        return {"caption": r["caption"], "tokens_positive_eval": r["spans"]}
+
+    def box_fields(r, d):
+        phrase_spans = r["spans"][d["class"]]
+        phrase = " ".join(r["caption"][s:e] for s, e in phrase_spans)
+        return {"category_id": 1, "tokens_positive": phrase_spans, "phrase": phrase}
+
     def merge(results):
-        images, annotations = [], []
-        for r in results:
-            if r["status"] != "ok":
-                continue
-            image_id = len(images) + 1
-            caption, spans = r["caption"], r["spans"]
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": r["file_name"],
-                    "height": r["height"],
-                    "width": r["width"],
-                    "caption": caption,
-                    "tokens_positive_eval": spans,
-                }
-            )
-            for d in r["dets"]:
-                phrase_spans = spans[d["class"]]
-                x, y, bw, bh = d["bbox"]
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "bbox": [x, y, bw, bh],
-                        "area": bw * bh,
-                        "iscrowd": 0,
-                        "category_id": 1,
-                        "tokens_positive": phrase_spans,
-                        "phrase": " ".join(caption[s:e] for s, e in phrase_spans),
-                        "score": d["score"],
-                    }
-                )
-        data = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": 1, "name": "object"}],
-        }
-        summary = {"mode": "captions", "annotations": len(annotations), **settings.filter_args()}
-        _skip(results, summary)
-        return _write_outputs(output_dir, output_name, data, summary)
+        categories = [{"id": 1, "name": "object"}]
+        data = _coco_dict(results, categories, image_fields, box_fields)
+        return _write_outputs(output_dir, output_name, data, "captions", results, settings)
 
     key_settings = {**settings.filter_args(), "spacy_model": spacy_model}
     return _run("captions", items, process, output_dir, key_settings, settings, merge)
 
 
-def _write_outputs(output_dir, output_name, data, summary) -> str:
+def _coco_dict(results, categories, image_fields, box_fields) -> Dict[str, Any]:
+    """The labelled results as a COCO-style dict, images and boxes numbered 1, 2, ... in order;
+    ``image_fields(r)`` and ``box_fields(r, det)`` add each mode's own fields."""
+    images, annotations = [], []
+    for r in results:
+        if r["status"] != "ok":
+            continue
+        image_id = len(images) + 1
+        images.append(
+            {
+                "id": image_id,
+                "file_name": r["file_name"],
+                "height": r["height"],
+                "width": r["width"],
+                **image_fields(r),
+            }
+        )
+        for d in r["dets"]:
+            x, y, bw, bh = d["bbox"]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "bbox": [x, y, bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": 0,
+                    "score": d["score"],
+                    **box_fields(r, d),
+                }
+            )
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _write_outputs(output_dir, output_name, data, mode, results, settings) -> str:
+    """Write the merged json and ``summary.json`` (counts, settings, skipped records)."""
+    summary = {"mode": mode, "annotations": len(data["annotations"]), **settings.filter_args()}
+    _skip(results, summary)
     path = os.path.join(output_dir, output_name)
     _atomic_write_json(path, data)
     summary["output"] = output_name
@@ -643,40 +650,11 @@ def label_ontology(
         }
 
     def merge(results):
-        out_images, annotations = [], []
-        for r in results:
-            if r["status"] != "ok":
-                continue
-            image_id = len(out_images) + 1
-            out_images.append(
-                {
-                    "id": image_id,
-                    "file_name": r["file_name"],
-                    "height": r["height"],
-                    "width": r["width"],
-                }
-            )
-            for d in r["dets"]:
-                x, y, bw, bh = d["bbox"]
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": d["group"] + 1,
-                        "bbox": [x, y, bw, bh],
-                        "area": bw * bh,
-                        "iscrowd": 0,
-                        "score": d["score"],
-                    }
-                )
-        data = {
-            "images": out_images,
-            "annotations": annotations,
-            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(classes)],
-        }
-        summary = {"mode": "ontology", "annotations": len(annotations), **settings.filter_args()}
-        _skip(results, summary)
-        path = _write_outputs(output_dir, output_name, data, summary)
+        categories = [{"id": k + 1, "name": n} for k, n in enumerate(classes)]
+        data = _coco_dict(
+            results, categories, lambda r: {}, lambda r, d: {"category_id": d["group"] + 1}
+        )
+        path = _write_outputs(output_dir, output_name, data, "ontology", results, settings)
         if yolo_dir is not None:
             write_yolo_labels(data, yolo_dir)
         return path

@@ -15,8 +15,11 @@ import os
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
+import torch
+from torchvision.ops import box_convert, box_iou
 
 from ..data.datasets.shapes import SHAPES_CLASSES
+from .core import _atomic_write_json
 
 __all__ = [
     "COLORS",
@@ -110,9 +113,7 @@ def _read(path: str) -> Dict[str, Any]:
 
 
 def _write(path: str, data: Any) -> str:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f)
+    _atomic_write_json(path, data)
     return path
 
 
@@ -208,12 +209,14 @@ def subset_grounding_json(path: str, num_images: int, out_path: str) -> str:
     return _write(out_path, out)
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+def _iou_matrix(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> torch.Tensor:
+    """(len(a), len(b)) IoU of XYWH boxes, in float64."""
+
+    def xyxy(boxes):
+        t = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+        return box_convert(t, "xywh", "xyxy")
+
+    return box_iou(xyxy(a), xyxy(b))
 
 
 def pseudo_label_quality(pseudo_json: str, hidden_json: str, iou: float = 0.5) -> Dict[str, Any]:
@@ -242,13 +245,15 @@ def pseudo_label_quality(pseudo_json: str, hidden_json: str, iou: float = 0.5) -
     for pid, anns in by_image.items():
         gts = truth.get(image_of_file[file_of[pid]], [])
         taken = [False] * len(gts)
-        for a in sorted(anns, key=lambda a: -a["score"]):
+        anns = sorted(anns, key=lambda a: -a["score"])
+        ious = _iou_matrix([a["bbox"] for a in anns], [g["bbox"] for g in gts])
+        for row, a in enumerate(anns):
             cls = phrase_class(a["phrase"])
             wrong_phrase += cls == ""
             best, best_iou = -1, iou
             for k, g in enumerate(gts):
                 if not taken[k] and g["category"] == cls:
-                    v = _iou(a["bbox"], g["bbox"])
+                    v = float(ious[row, k])
                     if v >= best_iou:
                         best, best_iou = k, v
             if best >= 0:

@@ -170,11 +170,7 @@ def test_command_line_one_and_two_processes_agree(tmp_path):
     launch(cli_main, 2, dist_url="auto", args=(_cli_args(tmp_path, tmp_path / "two", weights),))
     shards = sorted(p.name for p in (tmp_path / "two" / "shards").iterdir())
     assert shards == [f"shard_{i:05d}.json" for i in range(6)]
-    two = json.loads((tmp_path / "two" / "pseudo_labels.json").read_text())
-    ref = json.loads(open(one).read())
-    assert [im["file_name"] for im in two["images"]] == names[:-1]
-    assert two["images"] == ref["images"]
-    assert len(two["annotations"]) == len(ref["annotations"])
-    for a, b in zip(two["annotations"], ref["annotations"]):
-        assert (a["image_id"], a["tokens_positive"]) == (b["image_id"], b["tokens_positive"])
-        np.testing.assert_allclose(a["bbox"] + [a["score"]], b["bbox"] + [b["score"]], atol=1e-4)
+    two = (tmp_path / "two" / "pseudo_labels.json").read_bytes()
+    # One thread per process on both sides: the same arithmetic, so the same bytes.
+    assert two == open(one, "rb").read()
+    assert [im["file_name"] for im in json.loads(two)["images"]] == names[:-1]

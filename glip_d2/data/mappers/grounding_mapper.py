@@ -370,7 +370,9 @@ class GroundingDatasetMapper:
         if self.is_train and self.pseudo_min_score > 0:
             annos = [a for a in annos if a.get("score", 1.0) >= self.pseudo_min_score]
         boxes, annos = self._clip_boxes(annos, height, width, d)
-        annos_all = annos  # aligned with the rows of box_maps (before ``keep``)
+        if self.is_train and self.pseudo_score_weighting:
+            # One weight per box, in the order of the rows of ``box_maps`` below.
+            box_weights = torch.tensor([float(a.get("score", 1.0)) for a in annos])
         if "caption" in d:
             targets = self._grounding_prompt(d, annos)
         else:
@@ -398,8 +400,7 @@ class GroundingDatasetMapper:
             instances.gt_positive_map = box_maps[keep]
             instances.gt_prompt_entry = torch.as_tensor(targets.rows, dtype=torch.int64)[keep]
             if self.pseudo_score_weighting:
-                scores = [float(a.get("score", 1.0)) for a in annos_all]
-                instances.gt_weights = torch.tensor(scores, dtype=torch.float32).reshape(-1)[keep]
+                instances.gt_weights = box_weights[keep]
             if with_masks:
                 instances.gt_masks, instances.gt_mask_valid = self._gt_masks(
                     annos, transforms, image_size, gt_boxes

@@ -51,18 +51,14 @@ class CriterionInputs:
         its assigned box's weight, every other anchor 1. None when no image has weights (the
         official, unweighted losses)."""
         if "anchor_weights" not in self.cache:
-            per_image = []
-            for t in self.targets:
-                inst = t.get("instances")
-                per_image.append(
-                    inst.gt_weights if inst is not None and inst.has("gt_weights") else None
-                )
+            insts = [t["instances"] for t in self.targets]
+            per_image = [i.gt_weights if i.has("gt_weights") else None for i in insts]
             weights = None
             if any(w is not None for w in per_image):
                 matched, is_pos = self.assignment.matched, self.assignment.is_pos
                 weights = torch.ones(matched.shape, dtype=torch.float32, device=matched.device)
                 for i, w in enumerate(per_image):
-                    if w is not None and w.numel() > 0:
+                    if w is not None:
                         w = w.to(device=matched.device, dtype=torch.float32)
                         weights[i, is_pos[i]] = w[matched[i, is_pos[i]]]
             self.cache["anchor_weights"] = weights
