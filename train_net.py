@@ -24,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 from glip_d2.config import add_glip_config
 from glip_d2.data import register_datasets_from_cfg
 from glip_d2.engine import GLIPTrainer
+from glip_d2.engine.answer_vocab import prepare_answer_vocab
 from glip_d2.engine.launch import cpu_fallback, launch_from_args, share_cpu_threads
 from glip_d2.utils.checkpoint import GLIPCheckpointer
 
@@ -40,7 +41,7 @@ def setup(args):
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
     # Here, not in invoke_main: launch runs main in every process.
     register_datasets_from_cfg(cfg)
-    return cfg
+    return prepare_answer_vocab(cfg)
 
 
 def main(args):

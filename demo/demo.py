@@ -8,6 +8,15 @@
     python demo/demo.py ... --prompt "a man riding a bike next to a red car" \
         [--phrases "a man" "a bike" "a red car"]
 
+    python demo/demo.py --config-file configs/glipv2/glipv2_tiny_shapes_vqa.yaml --input x.png \
+        --question "what color is the circle?" --output out/ [--ground] --opts MODEL.WEIGHTS ...
+    python demo/demo.py --config-file configs/glipv2/glipv2_tiny_shapes_caption.yaml \
+        --input x.png --caption --output out/ [--ground] --opts MODEL.WEIGHTS ...
+
+``--question`` (GLIPv2 VQA) and ``--caption`` (GLIPv2 captioning) write one picture per image
+with the answer or caption above it and ``answers.json`` / ``captions.json``; ``--ground`` also
+draws the boxes of the answer / of the caption's noun phrases.
+
 ``--categories`` takes a vocabulary of any size (large ones are run in chunks, the backbone once
 per image). ``--prompt`` takes a caption; its phrases are ``--phrases`` (substrings of the
 caption) or, by default, its noun phrases found by spaCy (``INPUT.PROMPT.SPACY_MODEL``).
@@ -246,6 +255,19 @@ def main(argv=None) -> int:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--categories", nargs="+", help="category names to detect (any number)")
     what.add_argument("--prompt", help="a caption whose phrases are grounded")
+    what.add_argument(
+        "--question", help="GLIPv2 VQA (a MODEL.VQA_ON model): a question about each image"
+    )
+    what.add_argument(
+        "--caption",
+        action="store_true",
+        help="GLIPv2 captioning (a MODEL.CAPTION_ON model): describe each image",
+    )
+    parser.add_argument(
+        "--ground",
+        action="store_true",
+        help="with --question / --caption: also ground the answer / the caption's noun phrases",
+    )
     parser.add_argument(
         "--phrases",
         nargs="+",
@@ -268,6 +290,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.phrases and not args.prompt:
         parser.error("--phrases goes with --prompt")
+    if args.ground and args.question is None and not args.caption:
+        parser.error("--ground goes with --question or --caption")
+    if args.question is not None and not args.question.strip():
+        parser.error("--question is empty")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if not 0.0 <= args.draw_iou_threshold <= 1.0:
@@ -284,6 +310,8 @@ def main(argv=None) -> int:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     predictor = GLIPPredictor(cfg)
+    if args.question is not None or args.caption:
+        return describe_images(args, predictor, paths, names_out)
 
     if args.prompt is not None:
         if args.phrases:
@@ -381,6 +409,70 @@ def main(argv=None) -> int:
             len(paths),
             ", ".join(skipped),
         )
+        return 1
+    return 0
+
+
+def _draw_text(image_bgr: np.ndarray, lines: List[str]) -> np.ndarray:
+    """The picture with ``lines`` written in a white band above it."""
+    scale = max(image_bgr.shape[1] / 640.0, 0.5)
+    height = int(28 * scale)
+    band = np.full((height * len(lines) + 8, image_bgr.shape[1], 3), 255, dtype=np.uint8)
+    for i, line in enumerate(lines):
+        y = height * (i + 1) - int(6 * scale)
+        cv2.putText(
+            band, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    return np.concatenate([band, image_bgr], axis=0)
+
+
+def describe_images(args, predictor: GLIPPredictor, paths: List[str], names_out) -> int:
+    """``--question`` / ``--caption``: one answer or caption per image, drawn above the picture
+    (with ``--ground`` also the grounded boxes) and listed in ``answers.json`` /
+    ``captions.json`` (``file_name``, ``question``, ``answer``, ``score``, ``top_answers`` /
+    ``file_name``, ``caption``)."""
+    os.makedirs(args.output, exist_ok=True)
+    results, skipped = [], []
+    for k, path in enumerate(paths):
+        image = None if is_video(path) else cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            why = "videos are not described" if is_video(path) else "cannot be read as an image"
+            logger.warning("Skipping %s: %s", path, why)
+            skipped.append(path)
+            continue
+        if args.question is not None:
+            out = predictor.answer(image, args.question, ground=args.ground)
+            record = {
+                "file_name": path,
+                "question": args.question,
+                "answer": out["answer"],
+                "score": out["score"],
+                "top_answers": out["top_answers"],
+            }
+            lines = [f"Q: {args.question}", f"A: {out['answer']} ({out['score']:.2f})"]
+        else:
+            out = predictor.caption(image, ground=args.ground)
+            record = {"file_name": path, "caption": out["caption"]}
+            lines = [out["caption"]]
+        picture = image
+        if "instances" in out:
+            inst = out["instances"].to("cpu")
+            inst = inst[inst.scores >= args.confidence_threshold]
+            record["boxes"] = [
+                {"bbox": b.tolist(), "phrase": p, "score": float(sc)}
+                for b, p, sc in zip(inst.pred_boxes.tensor, inst.pred_phrases, inst.scores)
+            ]
+            drawn = draw_instances(image[:, :, ::-1], inst, iou_threshold=args.draw_iou_threshold)
+            picture = np.ascontiguousarray(drawn[:, :, ::-1])
+        cv2.imwrite(os.path.join(args.output, names_out[path]), _draw_text(picture, lines))
+        results.append(record)
+        logger.info("[%d/%d] %s: %s", k + 1, len(paths), path, " | ".join(lines))
+    name = "answers.json" if args.question is not None else "captions.json"
+    with open(os.path.join(args.output, name), "w") as f:
+        json.dump(results, f, indent=1)
+    logger.info("Wrote %d results to %s", len(results), os.path.join(args.output, name))
+    if skipped:
+        logger.warning("Skipped %d of %d inputs: %s", len(skipped), len(paths), ", ".join(skipped))
         return 1
     return 0
 

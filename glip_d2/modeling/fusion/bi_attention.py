@@ -188,12 +188,16 @@ class BiAttentionBlock(nn.Module):
         visual: torch.Tensor,
         lang: torch.Tensor,
         attention_mask_l: torch.Tensor | None = None,
+        text_to_image: bool = True,
     ) -> Tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             visual: (B, N, C) visual sequence.
             lang: (B, L, D) token features.
             attention_mask_l: (B, L) text attention mask or None.
+            text_to_image (bool): False: the image features get no update from the text
+                (``LN_v(v)`` is returned), so they depend on the image alone; the text still
+                reads the image. Captioning uses it (see :class:`VLFuse`).
 
         Returns:
             (visual, lang): updated (B, N, C) and (B, L, D); ``lang`` is None without
@@ -202,6 +206,9 @@ class BiAttentionBlock(nn.Module):
         visual = self.layer_norm_v(visual)
         lang = self.layer_norm_l(lang)
         delta_v, delta_l = self.attn(visual, lang, attention_mask_l=attention_mask_l)
+        if not text_to_image:
+            # The image stream keeps its layer norm but takes nothing from the text.
+            return visual, None if delta_l is None else lang + self.gamma_l * delta_l
         visual = visual + self.gamma_v * delta_v
         if delta_l is None:
             return visual, None
@@ -222,6 +229,12 @@ class VLFuse(nn.Module):
     DistributedDataParallel rejects. A checkpoint's text-update entries (``b_attn.gamma_l``,
     ``b_attn.attn.values_v_proj.*``, ``b_attn.attn.out_l_proj.*``) are dropped on load with
     a log line; the image-side outputs are unchanged.
+
+    Causal text (``lang["causal"]``, GLIPv2 captioning): the text->image direction is switched
+    off, so the image features stay a function of the image alone (``LN_v(v)``), while each
+    token still attends over the image positions. A token's update is a softmax over image
+    positions for that token alone, so with causal self-attention on the text side nothing of
+    a later token reaches an earlier one through the image.
     """
 
     #: state-dict entries (relative to the module) that exist only with ``update_lang``
@@ -279,10 +292,10 @@ class VLFuse(nn.Module):
                 dropped,
             )
 
-    def _fuse(self, masks: torch.Tensor, hidden: torch.Tensor, *visual: torch.Tensor):
+    def _fuse(self, causal: bool, masks: torch.Tensor, hidden: torch.Tensor, *visual: torch.Tensor):
         sizes = [feat.shape[-2:] for feat in visual]
         flat = torch.cat([feat.flatten(2).transpose(1, 2) for feat in visual], dim=1)
-        new_v, new_l = self.b_attn(flat, hidden, attention_mask_l=masks)
+        new_v, new_l = self.b_attn(flat, hidden, attention_mask_l=masks, text_to_image=not causal)
         new_v = new_v.transpose(1, 2)  # (B, C, N)
         out, start = [], 0
         for h, w in sizes:
@@ -294,7 +307,7 @@ class VLFuse(nn.Module):
         """
         Args:
             state (dict): ``visual``: list of (B, C, H_l, W_l); ``lang``: dict with ``hidden``
-                (B, L, D) and ``masks`` (B, L).
+                (B, L, D), ``masks`` (B, L) and optionally ``causal`` (bool; see below).
 
         Returns:
             dict: a new state with fused ``visual`` maps and (with ``update_lang``) fused
@@ -302,7 +315,7 @@ class VLFuse(nn.Module):
         """
         visual: List[torch.Tensor] = list(state["visual"])
         lang = state["lang"]
-        args = (lang["masks"], lang["hidden"], *visual)
+        args = (bool(lang.get("causal", False)), lang["masks"], lang["hidden"], *visual)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             outs = torch.utils.checkpoint.checkpoint(self._fuse, *args, use_reentrant=False)
         else:

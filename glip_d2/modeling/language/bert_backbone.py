@@ -125,6 +125,20 @@ def language_model_weights_file(model_name: str) -> Optional[str]:
     return None
 
 
+def causal_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) key mask -> (B, L, L): query i may attend to key j iff j <= i and j is a token.
+
+    Args:
+        attention_mask (Tensor): (B, L), 1 for real tokens.
+
+    Returns:
+        Tensor: (B, L, L) of the input's dtype.
+    """
+    length = attention_mask.shape[-1]
+    lower = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+    return (lower[None] & attention_mask.bool()[:, None, :]).to(attention_mask.dtype)
+
+
 @LANGUAGE_BACKBONE_REGISTRY.register()
 class BertLanguageBackbone(nn.Module):
     """BERT without pooler over a padded query; outputs as the official ``BertEncoder``.
@@ -183,18 +197,21 @@ class BertLanguageBackbone(nn.Module):
         }
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
     ) -> Dict[str, torch.Tensor]:
         """
         Args:
             input_ids (Tensor): (B, L) token ids, [CLS] ... [SEP] [PAD]...
             attention_mask (Tensor): (B, L) 1 for real tokens ([CLS]/[SEP] included).
+            causal (bool): token i attends only to tokens 0..i (captioning, GLIPv2); the
+                (B, L, L) mask goes to BERT as its extended attention mask.
 
         Returns:
             dict: ``hidden`` (B, L, D) last layer, not masked; ``embedded`` (B, L, D) last layer
             with pad rows zeroed; ``masks`` (B, L); ``aggregate`` (B, D) masked mean.
         """
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        mask_in = causal_attention_mask(attention_mask) if causal else attention_mask
+        out = self.model(input_ids=input_ids, attention_mask=mask_in)
         hidden = out.last_hidden_state
         mask = attention_mask.to(hidden.dtype)
         embedded = hidden * mask.unsqueeze(-1)

@@ -17,6 +17,7 @@ from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
+from ...utils.answer_vocab import load_answer_vocab
 from ...utils.checkpoint import convert_official_state_dict, is_official_glip_state_dict
 from ...utils.phrases import PhraseList
 from ..criterion import GLIPCriterion, build_criterion
@@ -26,11 +27,67 @@ from ..head.inference import GLIPPostProcessor
 from ..language import build_language_backbone
 from ..mask_head import MaskTrainingStep
 from ..scratch import scratch_scope
+from ..vl_tasks import CaptionHead, VQAHead, beam_search, greedy_search
 
 logger = logging.getLogger(__name__)
 
 #: ``TEST.PRECISION`` -> autocast dtype of inference (None: plain fp32).
 INFERENCE_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def build_understanding_heads(cfg, visual_dim: int, language_backbone: nn.Module) -> Dict:
+    """GLIPv2's VQA and caption heads from ``MODEL.VQA`` / ``MODEL.CAPTION`` (GLIP kwargs)."""
+    out: Dict = {}
+    bert_config = language_backbone.bert_config
+    if cfg.MODEL.VQA_ON:
+        v = cfg.MODEL.VQA
+        out["vqa_head"] = VQAHead(
+            text_dim=language_backbone.out_dim,
+            visual_dim=visual_dim,
+            answers=load_answer_vocab(v.ANSWER_VOCAB),
+            hidden_dim=v.HIDDEN_DIM,
+            pooling=v.POOLING,
+        )
+        out["vqa_loss_weight"] = v.LOSS_WEIGHT
+    if cfg.MODEL.CAPTION_ON:
+        c = cfg.MODEL.CAPTION
+        head = CaptionHead(bert_config, label_smoothing=c.LABEL_SMOOTHING)
+        if c.TIE_WORD_EMBEDDINGS:
+            head.tie_decoder_to(language_backbone.model.embeddings.word_embeddings.weight)
+        from transformers import BertTokenizerFast
+
+        from ...utils.hub import load_pretrained
+
+        tokenizer = load_pretrained(
+            BertTokenizerFast.from_pretrained,
+            cfg.INPUT.PROMPT.TOKENIZER,
+            config_key="INPUT.PROMPT.TOKENIZER",
+            needs="vocab.txt (or tokenizer.json)",
+        )
+        special = [tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.unk_token_id]
+        special.append(tokenizer.mask_token_id)
+        out["caption_head"] = head
+        out["caption_loss_weight"] = c.LOSS_WEIGHT
+        out["caption_decoding"] = {
+            "max_length": c.MAX_LENGTH,
+            "beam_size": c.BEAM_SIZE,
+            "length_penalty": c.LENGTH_PENALTY,
+            "bos_id": tokenizer.cls_token_id,
+            "eos_id": tokenizer.sep_token_id,
+            "banned": special,
+        }
+        out["detokenize"] = _Detokenizer(tokenizer)
+    return out
+
+
+class _Detokenizer:
+    """Token ids -> text with the prompt tokenizer (picklable, no state of its own)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
 
 @dataclass
@@ -81,6 +138,14 @@ class GLIP(nn.Module):
     ``loss_token``, ``loss_giou`` and ``loss_centerness``, plus GLIPv2's ``loss_region_word``
     and ``loss_mlm`` when their weights are > 0, and ``loss_mask`` with a mask head.
 
+    GLIPv2's understanding tasks (``MODEL.VQA_ON``, ``MODEL.CAPTION_ON``): an input with
+    ``task`` "vqa" carries the question as ``input_ids`` / ``attention_mask`` (and in
+    training ``answer_target_ids`` / ``answer_target_scores``) and gives ``{"answer",
+    "answer_scores"}`` (training: ``loss_vqa``); an input with ``task`` "caption" carries only
+    the image at test time and gives ``{"caption", "caption_ids"}`` (training: the reference
+    caption's ``input_ids``, ``loss_caption``). A batch is one task. See
+    :mod:`glip_d2.modeling.vl_tasks`.
+
     Boxes are handled in the official inclusive convention inside (``x2 = x + w - 1``); the
     conversion happens once on the way in (``x2 - 1``) and once on the way out (``+ 1`` after
     rescaling), so Detectron2's evaluators give the official evaluation's numbers.
@@ -113,6 +178,12 @@ class GLIP(nn.Module):
         mask_loss_weight: float = 1.0,
         precision: str = "fp32",
         text_cache_size: int = 16,
+        vqa_head: Optional[VQAHead] = None,
+        vqa_loss_weight: float = 1.0,
+        caption_head: Optional[CaptionHead] = None,
+        caption_loss_weight: float = 1.0,
+        caption_decoding: Optional[Dict] = None,
+        detokenize=None,
     ):
         """
         Args:
@@ -148,6 +219,15 @@ class GLIP(nn.Module):
                 prompt batches (``TEST.TEXT_CACHE_SIZE``; 0: off), so a fixed vocabulary is
                 encoded once for a whole dataset or video. An entry is reused only while the
                 language parameters are unchanged (their in-place version counters).
+            vqa_head (VQAHead): GLIPv2 VQA (inputs with ``task`` "vqa"); None: no VQA.
+            vqa_loss_weight (float): weight of ``loss_vqa``.
+            caption_head (CaptionHead): GLIPv2 captioning (inputs with ``task`` "caption");
+                None: no captioning.
+            caption_loss_weight (float): weight of ``loss_caption``.
+            caption_decoding (dict): ``max_length``, ``beam_size``, ``length_penalty``,
+                ``bos_id``, ``eos_id``, ``pad_id``, ``banned`` (token ids never generated).
+            detokenize (callable): token ids -> text, for the ``caption`` outputs (Detectron2's
+                evaluators read the model's outputs directly; the model never tokenizes).
         """
         super().__init__()
         self.backbone = backbone
@@ -199,7 +279,17 @@ class GLIP(nn.Module):
             self.tunable_linear = None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.vqa_head = vqa_head
+        self.vqa_loss_weight = vqa_loss_weight
+        self.caption_head = caption_head
+        self.caption_loss_weight = caption_loss_weight
+        self.caption_decoding = dict(caption_decoding or {})
+        self.detokenize = detokenize
         self._register_load_state_dict_pre_hook(self._convert_official_keys)
+        if caption_head is not None:
+            self._register_load_state_dict_pre_hook(
+                lambda state_dict, prefix, *args: CaptionHead.adopt_mlm_head(state_dict, prefix)
+            )
         self._freeze_for_tuning_mode()
 
     #: tuning mode -> parameter-name prefixes that train (None: all)
@@ -244,8 +334,14 @@ class GLIP(nn.Module):
             raise ValueError(f"GLIP head needs equal channels on {in_features}, got {channels}")
         bert_config = language_backbone.bert_config
         visual_dim = channels.pop()
-        # GLIPv2's LM head and mask head read the token features after the last block.
-        needs_fused_text = cfg.MODEL.GLIPV2.MLM.WEIGHT > 0 or cfg.MODEL.MASK_ON
+        # GLIPv2's LM head, mask head, VQA and caption heads read the token features after the
+        # last block.
+        needs_fused_text = (
+            cfg.MODEL.GLIPV2.MLM.WEIGHT > 0
+            or cfg.MODEL.MASK_ON
+            or cfg.MODEL.VQA_ON
+            or cfg.MODEL.CAPTION_ON
+        )
         head = VLDyHead(
             cfg,
             in_channels=visual_dim,
@@ -284,6 +380,7 @@ class GLIP(nn.Module):
                 score_agg=cfg.MODEL.GLIP_HEAD.SCORE_AGG,
             )
         return {
+            **build_understanding_heads(cfg, visual_dim, language_backbone),
             "backbone": backbone,
             "language_backbone": language_backbone,
             "mask_head": mask_head,
@@ -346,12 +443,20 @@ class GLIP(nn.Module):
             images.append((image - self.pixel_mean) / self.pixel_std)
         return ImageList.from_tensors(images, self.size_divisibility)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Dict:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
+    ) -> Dict:
         """Language features (see ``LANGUAGE_BACKBONE_REGISTRY``), plus the prompt-tuning vectors.
 
         Args:
             input_ids, attention_mask: (B, L) int64.
+            causal (bool): causal text (captioning): token i sees tokens 0..i only, in the
+                language backbone and, through ``lang["causal"]``, in the whole tower (see
+                :mod:`glip_d2.modeling.vl_tasks.captioning`). Not cached.
         """
+        if causal:
+            lang = self.language_backbone(input_ids, attention_mask, causal=True)
+            return dict(lang, causal=True)
         cached = self.text_cache_size > 0 and not self.training and not torch.is_grad_enabled()
         if cached:
             key = self._text_cache_key(input_ids, attention_mask)
@@ -407,6 +512,9 @@ class GLIP(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         """See the class docstring for the input and output formats."""
+        task = self.input_task(batched_inputs)
+        if task != "grounding":
+            return self.forward_understanding(task, batched_inputs)
         if self.training:
             return self.forward_train(batched_inputs).losses
         # One scope of scratch buffers for every chunk and image of the batch (no autograd).
@@ -423,10 +531,15 @@ class GLIP(nn.Module):
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def dense_head(
-        self, features: List[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        features: List[torch.Tensor],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        causal: bool = False,
     ) -> DenseHeadOutputs:
-        """Language backbone + fusion head for one prompt per image (see ``VLDyHead``)."""
-        return self.head(features, self.encode_text(input_ids, attention_mask))
+        """Language backbone + fusion head for one prompt per image (see ``VLDyHead``);
+        ``causal``: causal text (see :meth:`encode_text`)."""
+        return self.head(features, self.encode_text(input_ids, attention_mask, causal=causal))
 
     def run_head(
         self, features: List[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -479,6 +592,132 @@ class GLIP(nn.Module):
         if self.mask_head is not None:
             self._mask_training_step(step, images, instances, gt_boxes, gt_maps)
         return step
+
+    # ------------------------------------------------------------------ VQA and captioning
+    #: values of an input's ``task`` (absent: "grounding", detection and phrase grounding)
+    TASKS = ("grounding", "vqa", "caption")
+
+    def input_task(self, batched_inputs: List[Dict]) -> str:
+        """The task of a batch: every input's ``task`` ("grounding" when absent), all equal."""
+        tasks = {x.get("task", "grounding") for x in batched_inputs}
+        if len(tasks) != 1:
+            raise ValueError(
+                f"A batch mixes the tasks {sorted(tasks)}; each batch must be one task (give "
+                "VQA, caption and grounding data their own runs or loaders)"
+            )
+        task = tasks.pop()
+        if task not in self.TASKS:
+            raise ValueError(f"Input task '{task}' is not one of {list(self.TASKS)}")
+        head = {"vqa": self.vqa_head, "caption": self.caption_head}.get(task, True)
+        if head is None:
+            key = "MODEL.VQA_ON" if task == "vqa" else "MODEL.CAPTION_ON"
+            raise ValueError(f"Inputs of task '{task}' need a model built with {key}: True")
+        return task
+
+    def _prompt_batch(self, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
+        input_ids = self._stack_prompt(batched_inputs, "input_ids", self.device)
+        attention_mask = self._stack_prompt(batched_inputs, "attention_mask", self.device)
+        # Shared padding never reaches a real token (see ``inference``): dropped.
+        length = int(attention_mask.sum(1).max())
+        return input_ids[:, :length], attention_mask[:, :length]
+
+    def forward_understanding(self, task: str, batched_inputs: List[Dict]):
+        """VQA or captioning: losses in training, else ``[{"answer": str, "answer_scores":
+        (A,)}]`` (VQA) or ``[{"caption": str, "caption_ids": list[int]}]`` (captioning)."""
+        images = self.preprocess_image(batched_inputs)
+        if self.training:
+            features = self.extract_features(images)
+            input_ids, attention_mask = self._prompt_batch(batched_inputs)
+            if task == "vqa":
+                head = self.dense_head(features, input_ids, attention_mask)
+                logits = self.vqa_head(head)
+                targets = self._vqa_targets(batched_inputs, logits)
+                return {"loss_vqa": self.vqa_head.loss(logits, targets) * self.vqa_loss_weight}
+            head = self.dense_head(features, input_ids, attention_mask, causal=True)
+            loss = self.caption_head.loss(head.text_fused, input_ids, attention_mask)
+            return {"loss_caption": loss * self.caption_loss_weight}
+        with self.inference_autocast():
+            features = self.extract_features(images)
+            if task == "vqa":
+                return self.answer_questions(batched_inputs, features)
+            return self.generate_captions(features)
+
+    def _vqa_targets(self, batched_inputs: List[Dict], logits: torch.Tensor) -> torch.Tensor:
+        targets = torch.zeros_like(logits, dtype=torch.float32)
+        for i, x in enumerate(batched_inputs):
+            if "answer_target_ids" not in x:
+                raise KeyError(
+                    f"VQA training input {x.get('question_id', i)} has no 'answer_target_ids' / "
+                    "'answer_target_scores' (made by glip_d2.data's VQA mapping in training)"
+                )
+            ids = torch.as_tensor(x["answer_target_ids"], dtype=torch.long, device=logits.device)
+            scores = torch.as_tensor(x["answer_target_scores"], dtype=torch.float32)
+            targets[i, ids] = scores.to(logits.device)
+        return targets
+
+    @torch.no_grad()
+    def answer_questions(self, batched_inputs: List[Dict], features) -> List[Dict]:
+        """Test-time VQA: the best-scoring answer of every (image, question) input."""
+        input_ids, attention_mask = self._prompt_batch(batched_inputs)
+        head = self.dense_head(features, input_ids, attention_mask)
+        scores = self.vqa_head(head).float().sigmoid()
+        best = scores.argmax(-1).tolist()
+        return [
+            {"answer": self.vqa_head.answers[b], "answer_scores": scores[i]}
+            for i, b in enumerate(best)
+        ]
+
+    @torch.no_grad()
+    def generate_captions(
+        self,
+        features: List[torch.Tensor],
+        beam_size: Optional[int] = None,
+        max_length: Optional[int] = None,
+    ) -> List[Dict]:
+        """Captions of a batch of images by greedy (``beam_size`` 1) or beam search.
+
+        Args:
+            features: the backbone's per-level maps of B images.
+            beam_size (int): default ``MODEL.CAPTION.BEAM_SIZE``.
+            max_length (int): generated tokens at most; default ``MODEL.CAPTION.MAX_LENGTH``.
+
+        Returns:
+            list[dict]: per image ``caption`` (str, when the model has a detokenizer) and
+            ``caption_ids`` (list[int], without ``[CLS]`` / ``[SEP]``).
+        """
+        dec = self.caption_decoding
+        beam = int(beam_size or dec["beam_size"])
+        limit = int(max_length or dec["max_length"])
+        num = features[0].shape[0]
+        rows = torch.arange(num, device=self.device).repeat_interleave(beam)
+        expanded = [f.index_select(0, rows) for f in features] if beam > 1 else features
+
+        def step(ids: torch.Tensor) -> torch.Tensor:
+            mask = torch.ones_like(ids)
+            head = self.dense_head(expanded, ids, mask, causal=True)
+            logits = self.caption_head.logits(head.text_fused[:, -1]).float()
+            return logits.log_softmax(-1)
+
+        common = {
+            "bos_id": dec["bos_id"],
+            "eos_id": dec["eos_id"],
+            "max_length": limit,
+            "banned": dec.get("banned", ()),
+            "device": self.device,
+        }
+        if beam == 1:
+            found = greedy_search(step, num, **common)
+        else:
+            found = beam_search(
+                step, num, beam_size=beam, length_penalty=dec["length_penalty"], **common
+            )
+        out = []
+        for ids in found:
+            item: Dict = {"caption_ids": ids}
+            if self.detokenize is not None:
+                item["caption"] = self.detokenize(ids)
+            out.append(item)
+        return out
 
     def mask_training_rois(
         self,
