@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 OUT ?= output/quickstart
 
-.PHONY: install demo test lint clean self-training
+.PHONY: install demo test lint clean self-training web
 
 install:
 	bash tools/install.sh
@@ -13,6 +13,11 @@ demo: install
 # The self-training reproduction (README "Self-training and auto-labelling"), about 25 min.
 self-training: install
 	$(PY) tools/self_training.py --out output/self_training
+
+# The web demo (README "Web demo") on the quick start's weights; `make demo` trains them.
+web: install
+	$(PY) demo/app.py --config-file configs/quickstart/glip_tiny_shapes.yaml \
+		--opts MODEL.WEIGHTS $(OUT)/model_final.pth
 
 test: install
 	$(PY) -m pytest -q tests

@@ -114,6 +114,20 @@ else
     "install it, e.g. sudo apt-get install default-jre-headless"
 fi
 
+step "check for Chromium and ChromeDriver (the web demo's browser test)"
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+  echo "chromium already present: $(chromium --version 2>/dev/null | head -n 1)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -q \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      chromium chromium-driver; } \
+    || warn "apt-get could not install chromium chromium-driver;" \
+      "the browser test is skipped until they are installed"
+else
+  warn "no chromium/chromedriver and not root (or no apt-get): the browser test is skipped;" \
+    "install them, e.g. sudo apt-get install chromium chromium-driver"
+fi
+
 step "check imports"
 $VENV/bin/python -c "import torch, detectron2, glip_d2; print('torch', torch.__version__, '| detectron2', detectron2.__version__, '| glip_d2 OK')" \
   || fail "import glip_d2"
