@@ -86,7 +86,7 @@ def missing_weights_message(weights: str) -> Optional[str]:
     if not weights or "://" in weights or os.path.isfile(weights):
         return None
     if os.path.normpath(weights) == os.path.normpath(QUICKSTART_WEIGHTS):
-        how = "train it with `make demo` (the GLIP quick start, about 20 min on CPU)"
+        how = "train it with `make demo` (the GLIP quick start, which writes it)"
     else:
         how = "check the path"
     return (
@@ -200,6 +200,7 @@ class WebDemo:
             return rgb, [], None, text.strip()
         inst = out["instances"].to("cpu")
         inst = inst[inst.scores >= threshold]
+        inst = inst[inst.scores.argsort(descending=True)]
         if not names:
             names = list(dict.fromkeys(inst.pred_phrases)) if inst.has("pred_phrases") else []
         picture = draw_instances(rgb, inst)
