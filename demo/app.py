@@ -41,15 +41,18 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.config import CfgNode, get_cfg  # noqa: E402
+from detectron2.config import CfgNode  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import glip_d2  # noqa: E402, F401  (registers the glip_shapes examples)
-from demo import DetectionWriter, phrase_spans  # noqa: E402  (demo/demo.py, next to this file)
-from glip_d2.config import add_glip_config  # noqa: E402
+from demo import (  # noqa: E402  (demo/demo.py, next to this file)
+    DetectionWriter,
+    phrase_spans,
+    setup_cfg,
+)
 from glip_d2.engine import GLIPPredictor  # noqa: E402
 from glip_d2.engine.visualize import draw_instances  # noqa: E402
 
@@ -68,17 +71,6 @@ OFFICIAL_HINT = (
 
 class UserError(ValueError):
     """An input the page reports as a message (no image, empty prompt, ...)."""
-
-
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
 
 
 def missing_weights_message(weights: str) -> Optional[str]:
@@ -376,7 +368,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="glip_d2")
-    cfg = setup_cfg(args)
+    cfg = setup_cfg(args.config_file, args.opts)
     problem = missing_weights_message(cfg.MODEL.WEIGHTS)
     if problem:
         logger.error(problem)

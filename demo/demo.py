@@ -83,6 +83,19 @@ MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 logger = logging.getLogger("glip_d2.demo")
 
 
+def setup_cfg(config_file: str, opts: List[str]):
+    """The frozen config of ``config_file`` with the ``opts`` overrides; a CUDA device falls
+    back to CPU when CUDA is not available (as for the web demo, ``demo/app.py``)."""
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
 def is_video(path: str) -> bool:
     return path.lower().endswith(VIDEO_EXTENSIONS)
 
@@ -302,13 +315,7 @@ def main(argv=None) -> int:
 
     paths = expand_inputs(args.input)
     names_out = output_names(paths)
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = setup_cfg(args.config_file, args.opts)
     predictor = GLIPPredictor(cfg)
     if args.question is not None or args.caption:
         return describe_images(args, predictor, paths, names_out)

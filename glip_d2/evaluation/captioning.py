@@ -18,7 +18,6 @@ Java 8 for its LMDB cache; on newer Java it may fail.)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -27,9 +26,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
+
+from .grounding_utils import check_known_ids, gather_predictions, write_predictions
 
 __all__ = [
     "CAPTION_METRICS",
@@ -277,13 +276,9 @@ class CaptionEvaluator(DatasetEvaluator):
         return references
 
     def evaluate(self):
-        if self._distributed:
-            comm.synchronize()
-            predictions = [p for part in comm.gather(self._predictions, dst=0) for p in part]
-            if not comm.is_main_process():
-                return {}
-        else:
-            predictions = self._predictions
+        predictions = gather_predictions(self._predictions, self._distributed)
+        if predictions is None:
+            return {}
         if not predictions:
             raise ValueError(
                 f"CaptionEvaluator received no predictions for dataset '{self._dataset_name}'"
@@ -293,17 +288,12 @@ class CaptionEvaluator(DatasetEvaluator):
             # An image seen twice (padding of the last distributed batch) keeps its first.
             by_image.setdefault(pred["image_id"], pred["caption"])
         references = self._references()
-        unknown = [i for i in by_image if i not in references]
-        if unknown:
-            raise ValueError(
-                f"Captions predicted for {len(unknown)} image ids not in dataset "
-                f"'{self._dataset_name}' (first: {unknown[:5]})"
-            )
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            path = os.path.join(self._output_dir, "captions_predictions.json")
-            with PathManager.open(path, "w") as f:
-                json.dump([{"image_id": i, "caption": c} for i, c in by_image.items()], f)
+        check_known_ids(by_image, references, "image ids", self._dataset_name)
+        write_predictions(
+            self._output_dir,
+            "captions_predictions.json",
+            [{"image_id": i, "caption": c} for i, c in by_image.items()],
+        )
         missing = len(references) - len(by_image)
         if missing:
             logger.warning(

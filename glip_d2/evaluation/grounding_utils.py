@@ -1,4 +1,5 @@
-"""Helpers shared by the grounding evaluators (Flickr30K entities, referring expressions).
+"""Helpers shared by the evaluators (grounding: Flickr30K entities, referring expressions;
+and the VQA and caption evaluators' gathering, id checks and prediction files).
 
 Boxes here are ``XYXY_ABS`` in original-image pixels with Detectron2's continuous convention
 (``w = x2 - x1``); IoU has no ``+1`` (as the official Flickr30K and RefExp evaluators).
@@ -7,6 +8,9 @@ Boxes here are ``XYXY_ABS`` in original-image pixels with Detectron2's continuou
 from __future__ import annotations
 
 import itertools
+import json
+import logging
+import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -14,15 +18,20 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, BoxMode, Instances, pairwise_iou
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 __all__ = [
     "box_iou",
+    "check_known_ids",
     "gather_predictions",
     "predictions_by_record",
     "phrase_gt_boxes",
     "ranked_detections",
     "record_gt_boxes",
+    "write_predictions",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def ranked_detections(instances: Instances, limit: Optional[int] = None) -> Dict[str, list]:
@@ -58,6 +67,28 @@ def gather_predictions(predictions: List[Any], distributed: bool) -> Optional[Li
     if not comm.is_main_process():
         return None
     return list(itertools.chain(*gathered))
+
+
+def check_known_ids(ids, known, what: str, dataset_name: str) -> None:
+    """Raise ``ValueError`` naming ``dataset_name`` and the first few offenders when a
+    predicted id (``what``: "question_ids", "image ids") is not in ``known``."""
+    unknown = sorted((i for i in ids if i not in known), key=str)
+    if unknown:
+        raise ValueError(
+            f"Predictions for {len(unknown)} {what} not in dataset '{dataset_name}' "
+            f"(first: {unknown[:5]})"
+        )
+
+
+def write_predictions(output_dir: Optional[str], filename: str, rows: List[Any]) -> None:
+    """Write ``rows`` as JSON to ``output_dir/filename`` (nothing when ``output_dir`` is empty)."""
+    if not output_dir:
+        return
+    PathManager.mkdirs(output_dir)
+    path = os.path.join(output_dir, filename)
+    logger.info(f"Saving predictions to {path}")
+    with PathManager.open(path, "w") as f:
+        json.dump(rows, f)
 
 
 def predictions_by_record(

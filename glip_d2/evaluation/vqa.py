@@ -10,20 +10,16 @@ can be uploaded to the evaluation server.
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import os
 from collections import OrderedDict, defaultdict
 from typing import Any, Dict, List, Optional
 
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
 from ..data.vqa_answers import ANSWER_MATCHING, normalize_answer, vqa_accuracy
+from .grounding_utils import check_known_ids, gather_predictions, write_predictions
 
 __all__ = ["VQAEvaluator", "normalize_answer", "vqa_accuracy"]
 
@@ -105,14 +101,9 @@ class VQAEvaluator(DatasetEvaluator):
             ValueError: no question was processed, or a predicted question_id is not in the
                 dataset (names the dataset and the ids).
         """
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
-            if not comm.is_main_process():
-                return {}
-            predictions = list(itertools.chain(*gathered))
-        else:
-            predictions = self._predictions
+        predictions = gather_predictions(self._predictions, self._distributed)
+        if predictions is None:
+            return {}
         if not predictions:
             raise ValueError(
                 f"VQA accuracy of dataset '{self._dataset_name}': no question was processed; "
@@ -128,21 +119,12 @@ class VQAEvaluator(DatasetEvaluator):
                 f"'{self._dataset_name}' questions; the first of each is kept"
             )
         records = {int(r["question_id"]): r for r in DatasetCatalog.get(self._dataset_name)}
-        unknown = sorted(q for q in by_question if q not in records)
-        if unknown:
-            raise ValueError(
-                f"Predictions for {len(unknown)} question_ids not in dataset "
-                f"'{self._dataset_name}' (first: {unknown[:5]})"
-            )
-
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            path = os.path.join(self._output_dir, "vqa_predictions.json")
-            logger.info(f"Saving VQA predictions to {path}")
-            with PathManager.open(path, "w") as f:
-                json.dump(
-                    [{"question_id": q, "answer": a} for q, a in sorted(by_question.items())], f
-                )
+        check_known_ids(by_question, records, "question_ids", self._dataset_name)
+        write_predictions(
+            self._output_dir,
+            "vqa_predictions.json",
+            [{"question_id": q, "answer": a} for q, a in sorted(by_question.items())],
+        )
 
         missing = len(records) - len(by_question)
         if missing:

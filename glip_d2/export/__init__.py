@@ -1,25 +1,6 @@
 """Export of GLIP for a fixed prompt (TorchScript, ONNX): see :mod:`.fixed_prompt`."""
 
-from .fixed_prompt import (
-    DEFORM_CONV_OPSET,
-    EXPORT_ISSUES,
-    FixedPromptGLIP,
-    NotExportableError,
-    check_exportable,
-    export_onnx,
-    export_torchscript,
-    register_deform_conv_onnx,
-    tracing_mode,
-)
+from . import fixed_prompt
+from .fixed_prompt import *  # noqa: F403  (its __all__ is this package's public API)
 
-__all__ = [
-    "DEFORM_CONV_OPSET",
-    "EXPORT_ISSUES",
-    "FixedPromptGLIP",
-    "NotExportableError",
-    "check_exportable",
-    "export_onnx",
-    "export_torchscript",
-    "register_deform_conv_onnx",
-    "tracing_mode",
-]
+__all__ = list(fixed_prompt.__all__)

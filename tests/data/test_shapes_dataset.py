@@ -7,12 +7,12 @@ import json
 import multiprocessing
 import os
 import shutil
-import uuid
 
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
+from registered_sets import registered, unique_prefix
 
 from glip_d2.data.datasets import (
     SHAPES_CLASSES,
@@ -28,15 +28,10 @@ SMALL = {"num_train": 6, "num_val": 4, "seed": 0}
 @pytest.fixture
 def shapes(tmp_path):
     """A small glip_shapes set registered under a unique prefix; yields (prefix, root)."""
-    prefix = f"glip_test_shapes_{uuid.uuid4().hex[:8]}"
+    prefix = unique_prefix("glip_test_shapes")
     root = str(tmp_path / "glip_shapes")
-    names = register_glip_shapes(root, prefix=prefix, **SMALL)
-    try:
+    with registered(register_glip_shapes, root, prefix, **SMALL):
         yield prefix, root
-    finally:
-        for name in names:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
 
 
 def test_registers_and_loads(shapes):

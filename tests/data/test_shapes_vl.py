@@ -2,11 +2,11 @@
 
 import json
 import os
-import uuid
 from collections import Counter
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from registered_sets import registered, unique_prefix
 
 from glip_d2.data.datasets.shapes import SHAPES_CLASSES
 from glip_d2.data.datasets.shapes_vl import (
@@ -36,15 +36,10 @@ VQA_KEYS = {
 @pytest.fixture
 def shapes_vl(tmp_path):
     """A small glip_shapes set with its VL sets registered; yields (prefix, root)."""
-    prefix = f"glip_test_shapes_vl_{uuid.uuid4().hex[:8]}"
+    prefix = unique_prefix("glip_test_shapes_vl")
     root = str(tmp_path / "glip_shapes")
-    names = register_glip_shapes_vl(root, prefix=prefix, **SMALL)
-    try:
+    with registered(register_glip_shapes_vl, root, prefix, **SMALL):
         yield prefix, root
-    finally:
-        for name in names:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
 
 
 def _instances(root, split):

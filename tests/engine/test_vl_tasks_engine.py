@@ -3,7 +3,6 @@ training, evaluation), the predictor and the demo, on a small glip_shapes set.""
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import cv2
@@ -11,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
+from registered_sets import registered, unique_prefix
 
 from glip_d2.config import add_glip_config
 from glip_d2.data.datasets.shapes_vl import register_glip_shapes_vl
@@ -20,6 +20,7 @@ from glip_d2.data.mappers import VLTaskDatasetMapper
 from glip_d2.data.train_loader import STREAM_VISIT_KEY
 from glip_d2.engine import GLIPPredictor, GLIPTrainer
 from glip_d2.engine.answer_vocab import prepare_answer_vocab
+from glip_d2.evaluation.captioning import caption_scores
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java")
@@ -28,14 +29,10 @@ needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="caption me
 @pytest.fixture
 def shapes_vl(tmp_path):
     """A 6 + 3 image glip_shapes set with its VQA and caption sets; yields the name prefix."""
-    prefix = f"glip_test_vl_{uuid.uuid4().hex[:8]}"
-    names = register_glip_shapes_vl(
-        str(tmp_path / "glip_shapes"), prefix=prefix, num_train=6, num_val=3
-    )
-    yield prefix
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    prefix = unique_prefix("glip_test_vl")
+    root = str(tmp_path / "glip_shapes")
+    with registered(register_glip_shapes_vl, root, prefix, num_train=6, num_val=3):
+        yield prefix
 
 
 def _cfg(tmp_path, task, prefix, **opts):
@@ -108,7 +105,6 @@ def test_vqa_short_training_run_builds_the_vocabulary_and_evaluates(tmp_path, sh
     metrics = results[f"{shapes_vl}_val_vqa"]["vqa"]
     num_val = len(DatasetCatalog.get(f"{shapes_vl}_val_vqa"))
     assert metrics["num_questions"] == num_val
-    assert 0.0 <= metrics["accuracy"] <= 100.0
     assert {"question_type/color", "question_type/count", "question_type/exist"} <= set(metrics)
     predictions = json.loads(
         (
@@ -116,6 +112,18 @@ def test_vqa_short_training_run_builds_the_vocabulary_and_evaluates(tmp_path, sh
         ).read_text()
     )
     assert len(predictions) == num_val
+    # The reported numbers are those of the written answers. The 10 synthetic human answers
+    # of a shapes question agree, so an answer scores 1 when it equals them and 0 otherwise.
+    answers = {r["question_id"]: r for r in DatasetCatalog.get(f"{shapes_vl}_val_vqa")}
+    right = {
+        p["question_id"]: p["answer"] == answers[p["question_id"]]["answers"][0]
+        for p in predictions
+    }
+    assert metrics["accuracy"] == pytest.approx(100.0 * sum(right.values()) / num_val)
+    for qtype in ("color", "count", "exist"):
+        ids = [q for q, r in answers.items() if r["question_type"] == qtype]
+        expected = 100.0 * sum(right[q] for q in ids) / len(ids)
+        assert metrics[f"question_type/{qtype}"] == pytest.approx(expected)
 
 
 @needs_java
@@ -127,7 +135,25 @@ def test_caption_short_training_run_evaluates(tmp_path, shapes_vl):
     results = json.loads((Path(cfg.OUTPUT_DIR) / "eval_results.json").read_text())
     metrics = results[f"{shapes_vl}_val_caption"]["caption"]
     assert metrics["num_images"] == 3
-    assert {"BLEU-4", "CIDEr-D"} <= set(metrics)
+    predictions = json.loads(
+        (
+            Path(cfg.OUTPUT_DIR)
+            / "inference"
+            / f"{shapes_vl}_val_caption"
+            / "captions_predictions.json"
+        ).read_text()
+    )
+    records = DatasetCatalog.get(f"{shapes_vl}_val_caption")
+    assert sorted(p["image_id"] for p in predictions) == sorted(r["image_id"] for r in records)
+    assert all(isinstance(p["caption"], str) for p in predictions)
+    # The reported numbers score the written captions against the val references.
+    rescored = caption_scores(
+        {p["image_id"]: p["caption"] for p in predictions},
+        {r["image_id"]: r["captions"] for r in records},
+        ("BLEU", "CIDEr"),
+    )
+    for key in ("BLEU-1", "BLEU-4", "CIDEr-D"):
+        assert metrics[key] == pytest.approx(rescored[key], abs=1e-9)
 
 
 def test_mixed_tasks_in_datasets_train_is_an_error(tmp_path, shapes_vl):

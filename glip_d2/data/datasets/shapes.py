@@ -34,7 +34,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -376,21 +376,21 @@ def register_glip_shapes(
         det_json = os.path.join(root, "annotations", f"instances_{split}.json")
         grd_json = os.path.join(root, "annotations", f"grounding_{split}.json")
         det_name, grd_name = f"{prefix}_{split}", f"{prefix}_{split}_grounding"
-
-        def load_det(json_file=det_json, image_root=image_root, name=det_name):
-            ensure_glip_shapes(root, **params)
-            return load_coco_grounding_json(json_file, image_root, name)
-
-        def load_grd(json_file=grd_json, image_root=image_root, name=grd_name):
-            ensure_glip_shapes(root, **params)
-            return load_mdetr_grounding_json(json_file, image_root, name)
-
-        DatasetCatalog.register(det_name, load_det)
-        MetadataCatalog.get(det_name).set(
-            json_file=det_json, image_root=image_root, evaluator_type="coco", **thing_meta
+        register_generated_shapes(
+            det_name,
+            root,
+            params,
+            lambda j=det_json, r=image_root, n=det_name: load_coco_grounding_json(j, r, n),
+            json_file=det_json,
+            image_root=image_root,
+            evaluator_type="coco",
+            **thing_meta,
         )
-        DatasetCatalog.register(grd_name, load_grd)
-        MetadataCatalog.get(grd_name).set(
+        register_generated_shapes(
+            grd_name,
+            root,
+            params,
+            lambda j=grd_json, r=image_root, n=grd_name: load_mdetr_grounding_json(j, r, n),
             json_file=grd_json,
             image_root=image_root,
             evaluator_type="grounding",
@@ -398,3 +398,18 @@ def register_glip_shapes(
         )
         names += [det_name, grd_name]
     return names
+
+
+def register_generated_shapes(
+    name: str, root: str, params: Dict[str, int], load: Callable[[], List[dict]], **metadata
+) -> None:
+    """Register ``name`` with a loader that first generates the glip_shapes set in ``root``
+    (:func:`ensure_glip_shapes` with ``params``) and then returns ``load()``; ``metadata`` goes
+    to its ``MetadataCatalog`` entry."""
+
+    def load_generated():
+        ensure_glip_shapes(root, **params)
+        return load()
+
+    DatasetCatalog.register(name, load_generated)
+    MetadataCatalog.get(name).set(**metadata)

@@ -22,7 +22,6 @@ import os
 from collections import Counter
 from typing import Any, Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
 from .shapes import (
@@ -34,7 +33,7 @@ from .shapes import (
     _SPLITS,
     _TWO_PHRASES,
     SHAPES_CLASSES,
-    ensure_glip_shapes,
+    register_generated_shapes,
 )
 
 __all__ = [
@@ -331,14 +330,15 @@ def register_glip_shapes_vl(
         json_file = os.path.join(root, "annotations", f"instances_{split}.json")
         for task, loader in (("vqa", load_shapes_vqa), ("caption", load_shapes_captions)):
             name = f"{prefix}_{split}_{task}"
-
-            def load(loader=loader, json_file=json_file, image_root=image_root):
-                ensure_glip_shapes(root, **params)
-                return loader(json_file, image_root)
-
-            DatasetCatalog.register(name, load)
-            MetadataCatalog.get(name).set(
-                json_file=json_file, image_root=image_root, evaluator_type=task, task=task
+            register_generated_shapes(
+                name,
+                root,
+                params,
+                lambda f=loader, j=json_file, r=image_root: f(j, r),
+                json_file=json_file,
+                image_root=image_root,
+                evaluator_type=task,
+                task=task,
             )
             names.append(name)
     return names

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .base import CriterionInputs, LossTerm
-from .mlm import MaskedLanguageModelLoss
+from .mlm import MaskedLanguageModelLoss, tie_lm_decoder
 from .region_word import RegionWordContrastiveLoss, RegionWordState
 
 __all__ = ["RegionWordTerm", "MaskedLanguageModelTerm"]
@@ -118,13 +118,7 @@ class MaskedLanguageModelTerm(MaskedLanguageModelLoss, LossTerm):
 
     def tie_decoder_to(self, word_embeddings: torch.nn.Parameter) -> None:
         """Share the decoder weight with the language model's (V, D) word embeddings."""
-        own = self.head.decoder.weight
-        if tuple(word_embeddings.shape) != tuple(own.shape):
-            raise ValueError(
-                f"MODEL.GLIPV2.MLM.TIE_WORD_EMBEDDINGS: word embeddings "
-                f"{tuple(word_embeddings.shape)} differ from the LM decoder {tuple(own.shape)}"
-            )
-        self.head.decoder.weight = word_embeddings
+        tie_lm_decoder(self.head, word_embeddings, "MODEL.GLIPV2.MLM.TIE_WORD_EMBEDDINGS")
 
     def forward(self, inputs: CriterionInputs) -> Dict[str, torch.Tensor]:
         # The masked prompt's own head pass when the grounding losses saw the clean prompt

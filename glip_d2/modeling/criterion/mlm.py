@@ -52,6 +52,18 @@ def mlm_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits.float(), targets, reduction="mean")
 
 
+def tie_lm_decoder(lm_head: nn.Module, word_embeddings: nn.Parameter, config_key: str) -> None:
+    """Share a BERT LM head's decoder weight with the language model's (V, D) word embeddings
+    (BERT's own tying); a shape mismatch is an error naming ``config_key``."""
+    own = lm_head.decoder.weight
+    if tuple(word_embeddings.shape) != tuple(own.shape):
+        raise ValueError(
+            f"{config_key}: word embeddings "
+            f"{tuple(word_embeddings.shape)} differ from the LM decoder {tuple(own.shape)}"
+        )
+    lm_head.decoder.weight = word_embeddings
+
+
 class MaskedLanguageModelLoss(nn.Module):
     """BERT LM head on the fused text features and the MLM cross-entropy.
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..criterion.mlm import tie_lm_decoder
+
 __all__ = ["CaptionHead", "greedy_search", "beam_search", "StepFn"]
 
 logger = logging.getLogger(__name__)
@@ -73,13 +75,7 @@ class CaptionHead(nn.Module):
 
     def tie_decoder_to(self, word_embeddings: nn.Parameter) -> None:
         """Share the decoder weight with the language model's (V, D) word embeddings."""
-        own = self.lm_head.decoder.weight
-        if tuple(word_embeddings.shape) != tuple(own.shape):
-            raise ValueError(
-                f"MODEL.CAPTION.TIE_WORD_EMBEDDINGS: word embeddings "
-                f"{tuple(word_embeddings.shape)} differ from the LM decoder {tuple(own.shape)}"
-            )
-        self.lm_head.decoder.weight = word_embeddings
+        tie_lm_decoder(self.lm_head, word_embeddings, "MODEL.CAPTION.TIE_WORD_EMBEDDINGS")
 
     @staticmethod
     def adopt_mlm_head(state_dict, prefix: str = "") -> bool:
