@@ -57,3 +57,37 @@ def test_clip_scale_is_what_full_model_clipping_applies():
 def test_no_losses_is_an_error():
     with pytest.raises(ValueError, match="no losses"):
         loss_gradient_norms({}, [torch.nn.Parameter(torch.zeros(1))])
+
+
+def test_tool_reports_every_loss_group_and_the_clip_scale_of_their_sum(capsys):
+    # tools/loss_gradient_norms.py on the GLIPv2 quick-start config, one small batch: one
+    # JSON line per batch with the grounding group, the two GLIPv2 terms, "all" and the clip
+    # scale that SOLVER.CLIP_GRADIENTS (full_model, 1.0) gives it, then the means.
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "loss_gradient_norms", root / "tools" / "loss_gradient_norms.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    opts = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128"]
+    opts += ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
+    config = str(root / "configs" / "glipv2" / "glipv2_tiny_shapes.yaml")
+    assert tool.main(["--config-file", config, "--iters", "1", *opts]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2 and lines[0]["iter"] == 0
+    row, mean = lines[0], lines[1]["mean"]
+    assert {"grounding", "loss_region_word", "loss_mlm", "all", "clip_scale"} <= set(row)
+    assert not any(k in row for k in ("loss_token", "loss_giou", "loss_centerness"))
+    parts = [row["grounding"], row["loss_region_word"], row["loss_mlm"]]
+    assert all(v > 0 for v in parts)
+    # the norm of a sum is at most the sum of the norms, and at least their spread
+    assert max(parts) - sum(sorted(parts)[:-1]) - 1e-3 <= row["all"] <= sum(parts) + 1e-3
+    assert row["clip_scale"] == pytest.approx(min(1.0, 1.0 / row["all"]), abs=1e-4)
+    assert mean == {k: v for k, v in row.items() if k != "iter"}
+
+    with pytest.raises(SystemExit):
+        tool.main(["--config-file", config, "--iters", "0"])
