@@ -66,12 +66,10 @@ from typing import Dict, Iterator, List, Tuple
 
 import cv2
 import numpy as np
-import torch
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 from pycocotools import mask as mask_util
 
-from glip_d2.config import add_glip_config
+from glip_d2.config import setup_cfg
 from glip_d2.engine import GLIPPredictor
 from glip_d2.engine.predictor import noun_phrase_spans
 from glip_d2.engine.visualize import DRAW_IOU_THRESHOLD, draw_instances
@@ -81,19 +79,6 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 logger = logging.getLogger("glip_d2.demo")
-
-
-def setup_cfg(config_file: str, opts: List[str]):
-    """The frozen config of ``config_file`` with the ``opts`` overrides; a CUDA device falls
-    back to CPU when CUDA is not available (as for the web demo, ``demo/app.py``)."""
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
 
 
 def is_video(path: str) -> bool:

@@ -4,7 +4,11 @@ Defaults describe GLIP-T (C) (the official ``glip_Swin_T_O365_GoldG.yaml`` merge
 official defaults); YAML files under ``configs/`` override what differs.
 """
 
+from typing import Sequence
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def add_glip_config(cfg: CN) -> None:
@@ -331,3 +335,17 @@ def add_glip_config(cfg: CN) -> None:
     # Images per shard (the unit of resuming) and a progress line every LOG_EVERY images.
     _C.AUTOLABEL.SHARD_SIZE = 64
     _C.AUTOLABEL.LOG_EVERY = 50
+
+
+def setup_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """The frozen glip_d2 config of ``config_file`` with the ``opts`` overrides (``KEY VALUE``
+    pairs, as on the command line); a CUDA device falls back to CPU when CUDA is not available.
+    Used by the demos and the tools that only build a model."""
+    cfg = get_cfg()
+    add_glip_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg

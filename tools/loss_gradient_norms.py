@@ -18,11 +18,10 @@ import glip_d2  # noqa: F401  (registers the components, quietly, first)
 
 # isort: split
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from glip_d2.config import add_glip_config
+from glip_d2.config import setup_cfg
 from glip_d2.engine import GLIPTrainer
 from glip_d2.utils.checkpoint import GLIPCheckpointer
 from glip_d2.utils.loss_gradients import clip_scale, loss_gradient_norms
@@ -38,13 +37,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.iters < 1:
         parser.error("--iters must be at least 1")
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = setup_cfg(args.config_file, args.opts)
     torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:

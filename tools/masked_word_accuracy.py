@@ -15,11 +15,9 @@ import sys
 import glip_d2  # noqa: F401  (registers the components, quietly, first)
 
 # isort: split
-import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from glip_d2.config import add_glip_config
+from glip_d2.config import setup_cfg
 from glip_d2.data.mappers import GroundingDatasetMapper
 from glip_d2.evaluation.masked_words import masked_word_accuracy
 from glip_d2.utils.checkpoint import GLIPCheckpointer
@@ -37,13 +35,7 @@ def main(argv=None):
     parser.add_argument("--words", help='JSON {"group": ["word", ...]} (default: shapes)')
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     args = parser.parse_args(argv)
-    cfg = get_cfg()
-    add_glip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = setup_cfg(args.config_file, args.opts)
     model = build_model(cfg)
     GLIPCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
